@@ -1,0 +1,1 @@
+"""Bootstrap without seeds: the BeaconServer, the subnet-sweep Locator and SeekChat."""

@@ -1,0 +1,36 @@
+"""The exception hierarchy of Beethoven: one base class, one subclass per concern."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BeethovenError",
+    "CodecError",
+    "ConfigError",
+    "SecurityError",
+    "StoreError",
+    "TransportError",
+]
+
+
+class BeethovenError(Exception):
+    """Base class of every error raised by Beethoven."""
+
+
+class ConfigError(BeethovenError, ValueError):
+    """A configuration value is missing, malformed or out of range."""
+
+
+class CodecError(BeethovenError, ValueError):
+    """Bytes could not be decoded into a message, or a value could not be encoded."""
+
+
+class SecurityError(BeethovenError):
+    """A packet or frame failed authentication, decryption or the replay check."""
+
+
+class TransportError(BeethovenError, OSError):
+    """A socket could not be bound, connected, read or written."""
+
+
+class StoreError(BeethovenError):
+    """The replicated state store or one of its backends failed."""

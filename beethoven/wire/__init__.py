@@ -1,0 +1,1 @@
+"""Wire protocol: message records, the codec, packet security and TCP framing."""

@@ -1,0 +1,1 @@
+"""Storage backends for the replicated store, found by URL scheme."""
