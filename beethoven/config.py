@@ -111,8 +111,10 @@ class Config:
             ipaddress.ip_address(self.bind)
         except (ValueError, TypeError):
             raise ConfigError(f"bind: {self.bind!r} is not an IP address") from None
-        if not isinstance(self.port, int) or isinstance(self.port, bool) or not (
-            0 <= self.port <= 65535
+        if (
+            not isinstance(self.port, int)
+            or isinstance(self.port, bool)
+            or not (0 <= self.port <= 65535)
         ):
             raise ConfigError(f"port: must be 0..65535, got {self.port!r}")
         if self.advertise is not None:
