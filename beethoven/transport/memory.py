@@ -534,8 +534,14 @@ class MemoryTransport:
 
         Returns:
             ``(payload, source address)``.
+
+        Raises:
+            trio.ClosedResourceError: the transport was detached.
         """
-        data, source = await self._queue_recv.receive()
+        try:
+            data, source = await self._queue_recv.receive()
+        except trio.EndOfChannel:
+            raise trio.ClosedResourceError("transport detached from its network") from None
         self._counters.datagrams_received += 1
         self._counters.bytes_received += len(data)
         return data, source

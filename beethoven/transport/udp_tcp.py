@@ -155,11 +155,16 @@ class UdpTcpTransport:
 
         Returns:
             ``(payload, source address)``.
+
+        Raises:
+            trio.ClosedResourceError: the transport was closed.
         """
         while True:
             try:
                 data, source = await self._udp.recvfrom(self._max_datagram)
             except OSError as exc:
+                if self._udp.fileno() == -1:
+                    raise trio.ClosedResourceError("transport closed") from exc
                 self._counters.receive_errors += 1
                 logger.debug("UDP receive error on %s: %s", self._bind_address, exc)
                 continue
@@ -229,6 +234,8 @@ class UdpTcpTransport:
                 try:
                     stream = await self._listener.accept()
                 except OSError as exc:
+                    if self._listener.socket.fileno() == -1:
+                        raise trio.ClosedResourceError("transport closed") from exc
                     # EMFILE/ENFILE/ECONNABORTED and friends: count, back off, go on.
                     self._counters.receive_errors += 1
                     logger.debug("accept on %s failed: %s", self._bind_address, exc)

@@ -415,3 +415,13 @@ async def test_a_thousand_transports_exchange_messages_quickly(
 async def _echo(stream: trio.abc.Stream, peer: Address) -> None:
     while data := await stream.receive_some():
         await stream.send_all(data)
+
+
+async def test_receive_after_detach_raises_closed_resource_error(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    network = MemoryNetwork()
+    async with network.attach(A) as a:
+        pass
+    with trio.fail_after(LIMIT), pytest.raises(trio.ClosedResourceError):
+        await a.receive_datagram()

@@ -188,3 +188,11 @@ async def test_ipv6_loopback_datagrams_and_streams() -> None:
                 await stream.send_all(b"ping6")
                 assert await stream.receive_some() == b"ping6"
             nursery.cancel_scope.cancel()
+
+
+async def test_receive_after_close_raises_instead_of_spinning() -> None:
+    with trio.fail_after(LIMIT):
+        async with open_udp_tcp_transport(Address("127.0.0.2", 0)) as t:
+            pass
+        with pytest.raises(trio.ClosedResourceError):
+            await t.receive_datagram()
