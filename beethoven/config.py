@@ -21,6 +21,7 @@ import attrs
 
 from beethoven.address import parse_address
 from beethoven.errors import ConfigError
+from beethoven.roles import Role
 
 __all__ = ["PRESETS", "Config", "load_config"]
 
@@ -42,6 +43,39 @@ def _positive_int(name: str, value: int, *, maximum: int | None = None) -> None:
         raise ConfigError(f"{name}: must be a whole number >= 1, got {value!r}")
     if maximum is not None and value > maximum:
         raise ConfigError(f"{name}: must be at most {maximum}, got {value!r}")
+
+
+def _to_roles(value: Any) -> tuple[Role, ...]:
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"roles: expected a list of roles, got {value!r}")
+    roles: list[Role] = []
+    for item in value:
+        if isinstance(item, Role):
+            roles.append(item)
+            continue
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"roles: each role must be a table, got {item!r}")
+        unknown = set(item) - {"name", "count", "run", "args", "eligible"}
+        if unknown:
+            raise ConfigError(f"roles: unknown role keys {sorted(unknown)} in {item!r}")
+        if "name" not in item or "run" not in item:
+            raise ConfigError(f"roles: every role needs 'name' and 'run', got {item!r}")
+        try:
+            roles.append(
+                Role(
+                    item["name"],
+                    item.get("count", 1),
+                    item["run"],
+                    args=dict(item.get("args", {})),
+                    eligible=item.get("eligible", ()),
+                )
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"roles: {exc}") from None
+    names = [r.name for r in roles]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"roles: role names must be unique, got {names}")
+    return tuple(roles)
 
 
 def _default_name(port: int) -> str:
@@ -75,6 +109,11 @@ class Config:
         store: store backend URL, e.g. ``memory://`` or ``sqlite:///var/lib/node.db``.
         reap_after: seconds an offline node stays listed before it is forgotten.
         hwmon_interval: seconds between CPU/RAM samples.
+        tags: this node's tags; a role with ``eligible`` tags runs only on nodes
+            carrying all of them.
+        roles: the roles the cluster runs, as `Role` objects or tables with the
+            keys ``name``, ``count``, ``run`` (``"package.module:function"``),
+            ``args`` and ``eligible``.
         max_payload: largest UDP payload in bytes.
         max_frame: largest TCP frame in bytes.
     """
@@ -98,6 +137,8 @@ class Config:
     store: str = "memory://"
     reap_after: float = 24 * 3600.0
     hwmon_interval: float = 5.0
+    tags: tuple[str, ...] = ()
+    roles: tuple[Role, ...] = attrs.field(default=(), converter=_to_roles)
     max_payload: int = 1400
     max_frame: int = 20 * 2**20
 
@@ -157,6 +198,9 @@ class Config:
             raise ConfigError(f"store: expected a URL such as 'memory://', got {self.store!r}")
         _positive("reap_after", self.reap_after)
         _positive("hwmon_interval", self.hwmon_interval)
+        for tag in self.tags:
+            if not isinstance(tag, str) or not tag:
+                raise ConfigError(f"tags: every tag must be a non-empty string, got {tag!r}")
         _positive_int("max_payload", self.max_payload, maximum=65507)
         if self.max_payload < 512:
             raise ConfigError(f"max_payload: must be at least 512, got {self.max_payload}")
@@ -179,7 +223,7 @@ def _coerce(key: str, value: Any, *, from_text: bool) -> Any:
         raise ConfigError(f"unknown configuration key {key!r} (known keys: {known})")
     default = getattr(_DEFAULTS, key)
     if from_text and isinstance(value, str):
-        if key in {"cluster_net", "seeds", "keys"}:
+        if key in {"cluster_net", "seeds", "keys", "tags"}:
             return tuple(part.strip() for part in value.split(",") if part.strip())
         if key == "backoff":
             value = [part.strip() for part in value.split(",")]
@@ -200,7 +244,9 @@ def _coerce(key: str, value: Any, *, from_text: bool) -> Any:
                 return float(value)
             except ValueError:
                 raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-    if key in {"cluster_net", "seeds", "keys", "backoff"}:
+    if key == "roles":
+        return value
+    if key in {"cluster_net", "seeds", "keys", "backoff", "tags"}:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list | tuple):

@@ -82,3 +82,41 @@ def test_unreadable_or_malformed_file(tmp_path: Path) -> None:
     bad.write_text("port = = 3", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad, env={})
+
+
+def test_roles_from_toml_resolve_their_import_path(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(
+        'tags = ["gpu"]\n'
+        '[[roles]]\nname = "solo"\nrun = "beethoven.roles:resolve_callable"\n'
+        '[[roles]]\nname = "pair"\ncount = 2\nrun = "beethoven.roles:resolve_callable"\n'
+        'eligible = ["gpu"]\nargs = { queue = "q1" }\n',
+        encoding="utf-8",
+    )
+    config = load_config(path, env={})
+    assert [(r.name, r.count) for r in config.roles] == [("solo", 1), ("pair", 2)]
+    assert config.roles[1].eligible == frozenset({"gpu"})
+    assert config.roles[1].args == {"queue": "q1"}
+    assert config.tags == ("gpu",)
+
+
+@pytest.mark.parametrize(
+    ("roles", "message"),
+    [
+        ([{"name": "a", "count": 0, "run": "beethoven.roles:resolve_callable"}], "count"),
+        ([{"name": "a", "run": "nope_module_xyz:f"}], "cannot import"),
+        ([{"name": "a"}], "needs 'name' and 'run'"),
+        (
+            [{"name": "a", "run": "beethoven.roles:resolve_callable", "colour": 1}],
+            "unknown role keys",
+        ),
+        (
+            [{"name": "a", "run": "beethoven.roles:resolve_callable"}] * 2,
+            "unique",
+        ),
+        ("solo", "expected a list"),
+    ],
+)
+def test_bad_roles_are_one_clear_error(roles: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(env={}, roles=roles)
