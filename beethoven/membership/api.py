@@ -27,6 +27,7 @@ __all__ = [
     "MemberEventKind",
     "MemberInfo",
     "MembershipCore",
+    "MembershipStats",
     "SendDatagram",
     "StreamRequest",
 ]
@@ -90,6 +91,53 @@ class MemberEvent:
 Effect = SendDatagram | StreamRequest | MemberEvent
 
 
+@attrs.frozen
+class MembershipStats:
+    """Counters of a membership core since it was created.
+
+    Attributes:
+        messages_sent: messages sent (datagrams' contents and stream messages) by type name.
+        bytes_sent: their encoded bytes by type name (as measured by the core's ``size_of``).
+        messages_received: datagram messages received by type name.
+        probes: probes started.
+        probe_failures: probes that ended without any ack.
+        indirect_probes: indirect ping requests sent.
+        tcp_fallback_acks: probes saved by the TCP fallback ping.
+        suspicions_raised: suspicions this node raised after a failed probe.
+        suspicions_refuted: accusations about this node it refuted.
+        deaths_declared: suspicions that expired here into a death.
+        pushpulls: anti-entropy exchanges started (joins excluded).
+        pushpull_differing: of those, how many found differing roots.
+        joins_ok: join push-pulls that succeeded.
+        joins_failed: join push-pulls that failed.
+        dropped: messages ignored (misdirected, oversized metadata, unknown type).
+        stalls: timers that fired late enough to prove the local loop stalled.
+        local_health: current Lifeguard local health score (0 = healthy).
+        members: members in the table, self and dead ones included.
+        live: members alive or suspect, self included.
+    """
+
+    messages_sent: dict[str, int]
+    bytes_sent: dict[str, int]
+    messages_received: dict[str, int]
+    probes: int
+    probe_failures: int
+    indirect_probes: int
+    tcp_fallback_acks: int
+    suspicions_raised: int
+    suspicions_refuted: int
+    deaths_declared: int
+    pushpulls: int
+    pushpull_differing: int
+    joins_ok: int
+    joins_failed: int
+    dropped: int
+    stalls: int
+    local_health: int
+    members: int
+    live: int
+
+
 class MembershipCore(Protocol):
     """What a driver may call on a membership core. Every call returns effects."""
 
@@ -129,4 +177,10 @@ class MembershipCore(Protocol):
 
     def members(self) -> list[MemberInfo]:
         """Snapshot of every known member, self included."""
+
+    def update_meta(self, now: float, meta: bytes) -> list[Effect]:
+        """Replace this node's metadata (gossiped with a new incarnation)."""
+
+    def stats(self) -> MembershipStats:
+        """Counters since creation, as a frozen record."""
 

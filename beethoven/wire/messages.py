@@ -196,6 +196,9 @@ class PushPullRequest:
 
     *digest* may be empty with *root* set: the peer then answers with its own root
     and, only when the roots differ, the exchange continues with full digests.
+    In the second round *digest* lists the entries the sender wants and *members*
+    carries the entries the peer lacks (always including the sender's own state);
+    a join carries just the joiner's own state in *members*.
     """
 
     TYPE: ClassVar[int] = 9
@@ -205,6 +208,7 @@ class PushPullRequest:
     root: bytes
     digest: tuple[MemberDigest, ...] = ()
     store_digest: bytes = b""
+    members: tuple[MemberState, ...] = ()
 
 
 @attrs.frozen
