@@ -318,6 +318,8 @@ class Locator:
             (bind address, interface addresses); never contacted.
         rng: all randomness (back-off, jitter, join order); inject a seeded one in tests.
         channel_factory: builds framed channels (tests inject fakes).
+        on_found: called for every beacon of our cluster any sweep finds (logging,
+            metrics, benchmarks); must not block.
 
     Raises:
         ConfigError: the settings' networks exceed ``max_sweep_hosts``.
@@ -336,8 +338,10 @@ class Locator:
         own_addresses: Iterable[str] = (),
         rng: random.Random | None = None,
         channel_factory: ChannelFactory | None = None,
+        on_found: Callable[[Found], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._on_found = on_found
         self._transport = transport
         self.cluster = cluster
         self.name = name
@@ -407,7 +411,8 @@ class Locator:
         """Contact every target once, ``sweep_concurrency`` at a time.
 
         Args:
-            on_found: called as soon as each beacon of our cluster answers.
+            on_found: called as soon as each beacon of our cluster answers (after the
+                constructor's ``on_found``).
 
         Returns:
             What answered. Never raises for network errors.
@@ -433,6 +438,8 @@ class Locator:
                     continue
                 item = Found(addr=addr, reply=reply)
                 found.append(item)
+                if self._on_found is not None:
+                    self._on_found(item)
                 if on_found is not None:
                     on_found(item)
 
