@@ -136,8 +136,10 @@ class LocatorSettings:
         """Validate every field; raise `ConfigError` naming the first bad one."""
         if isinstance(self.port, bool) or not isinstance(self.port, int):
             raise ConfigError(f"port: expected a whole number, got {self.port!r}")
-        if not 1 <= self.port <= 65535:
-            raise ConfigError(f"port: must be 1..65535 to be swept, got {self.port!r}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port: must be 0..65535, got {self.port!r}")
+        if self.port == 0 and not self.seeds:
+            raise ConfigError("port: 0 (any free port) cannot be swept; set a port or seeds")
         _whole("sweeps", self.sweeps, maximum=100)
         _number("connect_timeout", self.connect_timeout)
         _number("reply_timeout", self.reply_timeout)

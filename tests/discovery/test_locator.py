@@ -578,6 +578,14 @@ def test_settings_defaults_match_the_original() -> None:
     assert s.max_sweep_hosts == 4096
 
 
+def test_port_zero_needs_seeds() -> None:
+    with pytest.raises(ConfigError, match="port"):
+        LocatorSettings(port=0)
+    assert LocatorSettings(port=0, seeds=("10.0.0.1:33000",)).seed_addresses == (
+        Address("10.0.0.1", 33000),
+    )
+
+
 def test_settings_from_config() -> None:
     cfg = Config(cluster_net=("10.0.0.0/24",), port=34000, seeds=("10.0.0.9",), sweeps=2)
     s = LocatorSettings.from_config(cfg, reply_timeout=0.5)
