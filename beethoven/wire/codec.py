@@ -53,7 +53,7 @@ _INT_BOUNDS: dict[tuple[type, str], tuple[int, int]] = {
 _PRIMITIVES: dict[Any, str] = {int: "int", bool: "bool", str: "str", bytes: "bytes", float: "float"}
 
 
-class UnknownMessageType(CodecError):  # noqa: N818 - the name callers were promised
+class UnknownMessageType(CodecError):
     """The bytes are a well-formed message array whose type code this peer does not know.
 
     Attributes:
@@ -151,7 +151,11 @@ class _Gen:
                     else self.converter.get_unstructure_hook(item)
                 )
                 fn = self.name("h", hook)
-                return f"tuple([{fn}(_x) for _x in {var}])" if decode else f"[{fn}(_x) for _x in {var}]"
+                return (
+                    f"tuple([{fn}(_x) for _x in {var}])"
+                    if decode
+                    else f"[{fn}(_x) for _x in {var}]"
+                )
             # Anything else (ints, nested tuples, optionals): a small per-item hook.
             fn = self.name("i", _item_hook(self.converter, item, where + "[]", decode=decode))
             return f"tuple([{fn}(_x) for _x in {var}])" if decode else f"[{fn}(_x) for _x in {var}]"
@@ -165,7 +169,9 @@ class _Gen:
         raise TypeError(f"{where}: the wire codec cannot carry {tp!r}")
 
 
-def _item_hook(converter: cattrs.Converter, tp: Any, where: str, *, decode: bool) -> Callable[[Any], Any]:
+def _item_hook(
+    converter: cattrs.Converter, tp: Any, where: str, *, decode: bool
+) -> Callable[[Any], Any]:
     """Compile a one-value checker/converter for a type nested in a tuple or optional."""
     gen = _Gen(converter)
     gen.lines.append("def _item(v):")
@@ -179,7 +185,7 @@ def _compile(gen: _Gen, label: str, fn_name: str) -> Any:
     filename = f"<beethoven.wire.codec {label}>"
     # Register the source so tracebacks and profilers show the generated lines.
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    exec(compile(source, filename, "exec"), gen.globs)  # noqa: S102 - our own generated source
+    exec(compile(source, filename, "exec"), gen.globs)
     return gen.globs[fn_name]
 
 
@@ -202,7 +208,9 @@ def _make_unstructure(cls: type, converter: cattrs.Converter) -> Callable[[Any],
             gen.check(var, tp, f"{cls.__name__}.{f.name}", "    ", decode=False, bounds=bounds)
         )
     gen.lines.append(f"    return [{', '.join(items)}]")
-    return typing.cast(Callable[[Any], Any], _compile(gen, f"unstructure {cls.__qualname__}", "unstructure"))
+    return typing.cast(
+        Callable[[Any], Any], _compile(gen, f"unstructure {cls.__qualname__}", "unstructure")
+    )
 
 
 def _make_structure(cls: type, converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
@@ -219,7 +227,9 @@ def _make_structure(cls: type, converter: cattrs.Converter) -> Callable[[Any, An
     for i, (f, _tp) in enumerate(fields):
         if f.default is attrs.NOTHING:
             if i != required:
-                raise TypeError(f"{cls.__name__}.{f.name}: a required field follows a defaulted one")
+                raise TypeError(
+                    f"{cls.__name__}.{f.name}: a required field follows a defaulted one"
+                )
             required += 1
     lo, hi = off + required, off + len(fields)
     gen.globs["_cls"] = cls
@@ -249,8 +259,10 @@ def _make_structure(cls: type, converter: cattrs.Converter) -> Callable[[Any, An
             if expr != var:
                 gen.lines.append(f"        {var} = {expr}")
             gen.lines.append("    else:")
-            default = f.default
+            default: Any = f.default
             if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                if default.takes_self:
+                    raise TypeError(f"{where}: a Factory(takes_self=True) default cannot be filled")
                 fn = gen.name("f", default.factory)
                 gen.lines.append(f"        {var} = {fn}()")
             else:

@@ -262,7 +262,9 @@ class PacketCodec:
             CodecError: *body* exceeds the budget.
         """
         if len(body) > self._budget:
-            raise CodecError(f"compound of {len(body)} bytes exceeds the {self._budget}-byte budget")
+            raise CodecError(
+                f"compound of {len(body)} bytes exceeds the {self._budget}-byte budget"
+            )
         keyring = self._keyring
         if keyring is None:
             datagram = MAGIC + bytes((version, 0)) + body

@@ -89,7 +89,10 @@ def generate_key() -> bytes:
 
 
 def key_id(key: bytes) -> bytes:
-    """Return the 4-byte wire id of *key*: ``SHA-256("beethoven/1 key id\\0" || key)[:4]``."""
+    """Return the 4-byte wire id of *key*: the first 4 bytes of SHA-256(label || key).
+
+    The label is the 19 bytes ``beethoven/1 key id`` followed by one zero byte.
+    """
     return hashlib.sha256(_KEY_ID_LABEL + key).digest()[:KEY_ID_SIZE]
 
 

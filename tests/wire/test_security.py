@@ -36,7 +36,9 @@ def test_key_text_form_round_trips(key: bytes) -> None:
     assert key_from_string(f"  {text}\n") == key
 
 
-@pytest.mark.parametrize("text", ["", "not base64!", "AAAA", key_to_string(bytes(32))[:-4], "é" * 44])
+@pytest.mark.parametrize(
+    "text", ["", "not base64!", "AAAA", key_to_string(bytes(32))[:-4], "é" * 44]
+)
 def test_bad_key_text_is_a_config_error(text: str) -> None:
     with pytest.raises(ConfigError):
         key_from_string(text)
