@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
 from beethoven.address import Address
 from beethoven.wire.codec import decode, encode
 from beethoven.wire.messages import (
@@ -74,64 +76,60 @@ def sample_push_pull(members: int = 50) -> PushPullReply:
     )
 
 
+def message_times(msg: Message, number: int) -> dict[str, Any]:
+    wire = encode(msg)
+    return {
+        "body_bytes": len(wire),
+        "encode_us": best_us(lambda: encode(msg), number=number),
+        "decode_us": best_us(lambda: decode(wire), number=number),
+        "encode_decode_us": best_us(lambda: decode(encode(msg)), number=number),
+    }
+
+
 def codec_figures() -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, msg, number in [
-        ("ping", sample_ping(), 100_000),
-        ("alive", sample_alive(), 100_000),
-        ("push_pull_50", sample_push_pull(), 1_000),
-    ]:
-        wire = encode(msg)
-        m: Message = msg
-        out[name] = {
-            "body_bytes": len(wire),
-            "encode_us": best_us(lambda m=m: encode(m), number=number),
-            "decode_us": best_us(lambda w=wire: decode(w), number=number),
-            "encode_decode_us": best_us(lambda m=m: decode(encode(m)), number=number),
-        }
-    return out
+    return {
+        "ping": message_times(sample_ping(), 100_000),
+        "alive": message_times(sample_alive(), 100_000),
+        "push_pull_50": message_times(sample_push_pull(), 1_000),
+    }
 
 
 def packet_figures() -> dict[str, Any]:
     logging.getLogger("beethoven.wire.packet").setLevel(logging.ERROR)  # open-cluster warning
-    out: dict[str, Any] = {}
     keyring = Keyring(bytes(range(32)))
-    for name, msg in [("ping", sample_ping()), ("alive", sample_alive())]:
-        body = encode(msg)
-        open_codec = PacketCodec(None)
-        sealed_tx, sealed_rx = PacketCodec(keyring), PacketCodec(keyring)
+    out: dict[str, Any] = {}
+    samples: list[tuple[str, Message]] = [("ping", sample_ping()), ("alive", sample_alive())]
+    for name, msg in samples:
         out[name] = {
-            "datagram_open_bytes": len(open_codec.pack([msg])[0]),
-            "datagram_sealed_bytes": len(sealed_tx.pack([msg])[0]),
+            "datagram_open_bytes": len(PacketCodec(None).pack([msg])[0]),
+            "datagram_sealed_bytes": len(PacketCodec(keyring).pack([msg])[0]),
         }
-        if name != "ping":
-            continue
-        number = 20_000
-        out[name]["seal_us"] = best_us(lambda b=body: sealed_tx.seal(b), number=number)
-        # A fresh datagram every call (the replay window would refuse a repeat):
-        # seal, then check and open it, compound decode included.
-        out[name]["seal_open_us"] = best_us(
-            lambda b=body: sealed_rx.unpack(sealed_tx.seal(b), PEER), number=number
-        )
-        out[name]["pack_unpack_sealed_us"] = best_us(
-            lambda m=msg: sealed_rx.unpack(sealed_tx.pack([m])[0], PEER), number=number
-        )
-        rx_open = PacketCodec(None)
-        out[name]["pack_unpack_open_us"] = best_us(
-            lambda m=msg: rx_open.unpack(open_codec.pack([m])[0], PEER), number=number
-        )
-        assert sealed_rx.stats().dropped == 0, sealed_rx.stats()
-        # The bare AEAD, for reference.
-        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
-        aead = ChaCha20Poly1305(bytes(32))
-        n, aad = nonce(1), bytes(40)
-        ct = aead.encrypt(n, body, aad)
-        out[name]["bare_aead_encrypt_decrypt_us"] = best_us(
-            lambda: aead.decrypt(n, aead.encrypt(n, body, aad), aad), number=number
-        )
-        del ct
+    out["ping"].update(ping_packet_times(keyring))
     return out
+
+
+def ping_packet_times(keyring: Keyring, number: int = 20_000) -> dict[str, float]:
+    """Per-packet times for a ping; each call makes a fresh datagram (a repeat is a replay)."""
+    msg = sample_ping()
+    body = encode(msg)
+    tx, rx = PacketCodec(keyring), PacketCodec(keyring)
+    open_tx, open_rx = PacketCodec(None), PacketCodec(None)
+    aead = ChaCha20Poly1305(bytes(32))
+    n, aad = nonce(1), bytes(40)
+    figures = {
+        "seal_us": best_us(lambda: tx.seal(body), number=number),
+        # seal, then check and open it, compound decode included
+        "seal_open_us": best_us(lambda: rx.unpack(tx.seal(body), PEER), number=number),
+        "pack_unpack_sealed_us": best_us(lambda: rx.unpack(tx.pack([msg])[0], PEER), number=number),
+        "pack_unpack_open_us": best_us(
+            lambda: open_rx.unpack(open_tx.pack([msg])[0], PEER), number=number
+        ),
+        "bare_aead_encrypt_decrypt_us": best_us(
+            lambda: aead.decrypt(n, aead.encrypt(n, body, aad), aad), number=number
+        ),
+    }
+    assert rx.stats().dropped == 0, rx.stats()
+    return figures
 
 
 TARGETS = {
