@@ -1,0 +1,385 @@
+"""Anti-entropy: hierarchical digests and byte-budgeted ``delta_since``.
+
+A digest describes what a replica holds without the data:
+
+* an *item* per owner ``(generation, gc, cover)`` (or its removal marker) and per
+  LWW writer ``(cover)``;
+* items fall into 256 buckets by a hash of their name; a bucket hash is the XOR of
+  its items' hashes and the root hash covers all 256 bucket hashes.
+
+A **summary** digest carries the root and the bucket hashes (2 KiB whatever the
+cluster size); a **detail** digest carries the items of a set of buckets (or of
+all of them). ``delta_since(detail, budget)`` returns, per owner and writer, what
+the peer lacks, cut at ``budget`` bytes so that the cut delta is still a valid
+prefix (it never makes the receiver delete anything it holds). Only a reset
+(an owner's whole state, sent when the peer is behind our GC point) is atomic
+and may exceed the budget when it is the first part of a reply.
+
+All functions here are pure (no I/O).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import msgpack
+
+from beethoven.errors import CodecError
+from beethoven_store import codec
+from beethoven_store.crdt import (
+    Cover,
+    LWWMap,
+    OwnerChunk,
+    OwnerMap,
+    WriterChunk,
+    cover_clip,
+)
+
+__all__ = [
+    "BUCKETS",
+    "SMALL_DIGEST_ITEMS",
+    "Detail",
+    "SyncReply",
+    "bucket_hashes",
+    "bucket_of",
+    "decode_digest",
+    "delta_since",
+    "detail_digest",
+    "differing_buckets",
+    "full_state",
+    "item_count",
+    "summary_digest",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Number of digest buckets.
+BUCKETS = 256
+#: Up to this many items a replica sends a detail digest straight away.
+SMALL_DIGEST_ITEMS = 64
+
+_KIND_SUMMARY = 0
+_KIND_DETAIL = 1
+_pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+_bucket_cache: dict[tuple[int, str], int] = {}
+
+
+def bucket_of(space: int, name: str) -> int:
+    """Return the digest bucket (0–255) of an owner (space 0) or writer (space 1)."""
+    b = _bucket_cache.get((space, name))
+    if b is None:
+        b = hashlib.blake2b(bytes((space,)) + name.encode(), digest_size=1).digest()[0]
+        if len(_bucket_cache) < 100_000:
+            _bucket_cache[(space, name)] = b
+    return b
+
+
+@attrs.frozen
+class SyncReply:
+    """One anti-entropy answer, field for field a ``StoreSyncReply`` wire message.
+
+    Attributes:
+        delta: Encoded delta for the peer (``b""`` when none).
+        digest: A digest the peer should answer with ``Store.reconcile`` (``b""``: done).
+        more: Whether the delta was cut at the budget (run another round soon).
+    """
+
+    delta: bytes = b""
+    digest: bytes = b""
+    more: bool = False
+
+
+@attrs.frozen
+class Detail:
+    """A decoded detail digest.
+
+    Attributes:
+        stage: 1 = "answer with a delta and your own detail", 2 = "answer with a delta".
+        scope: Bucket numbers described, or ``None`` for all.
+        owners: ``owner → (generation, gc, cover, removed)``.
+        writers: ``writer → cover``.
+    """
+
+    stage: int
+    scope: frozenset[int] | None
+    owners: dict[str, tuple[int, int, Cover, bool]]
+    writers: dict[str, Cover]
+
+    def in_scope(self, space: int, name: str) -> bool:
+        """Whether an item falls in this digest's buckets."""
+        return self.scope is None or bucket_of(space, name) in self.scope
+
+
+def _owner_items(om: OwnerMap) -> Iterable[tuple[str, tuple[int, int, Cover, bool]]]:
+    for o, st in om.owners.items():
+        if st.cover:  # an owner that never wrote is ⊥: not worth an item
+            yield o, (st.generation, st.gc, st.cover, False)
+    for o, mk in om.markers.items():
+        if o not in om.owners:
+            yield o, (mk.generation, 0, (), True)
+
+
+def _item_bytes_owner(name: str, item: tuple[int, int, Cover, bool]) -> Any:
+    return (name, item[0], item[1], codec.encode_cover(item[2]), item[3])
+
+
+def _hash(b: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "big")
+
+
+def bucket_hashes(om: OwnerMap, lww: LWWMap) -> list[int]:
+    """Return the 256 bucket hashes of a replica."""
+    out = [0] * BUCKETS
+    for o, item in _owner_items(om):
+        out[bucket_of(0, o)] ^= _hash(b"\x00" + _pack(_item_bytes_owner(o, item)))
+    for w, cov in lww.covers.items():
+        out[bucket_of(1, w)] ^= _hash(b"\x01" + _pack((w, codec.encode_cover(cov))))
+    return out
+
+
+def item_count(om: OwnerMap, lww: LWWMap) -> int:
+    """Return the number of digest items (owners, markers, writers)."""
+    return sum(1 for _ in _owner_items(om)) + len(lww.covers)
+
+
+def summary_digest(om: OwnerMap, lww: LWWMap) -> bytes:
+    """Encode a summary digest ``[1, 0, root, bucket_hashes]``."""
+    hashes = bucket_hashes(om, lww)
+    blob = b"".join(h.to_bytes(8, "big") for h in hashes)
+    root = hashlib.blake2b(blob, digest_size=8).digest()
+    return _pack((codec.FORMAT_VERSION, _KIND_SUMMARY, root, blob))  # type: ignore[no-any-return]
+
+
+def detail_digest(
+    om: OwnerMap, lww: LWWMap, *, scope: Iterable[int] | None = None, stage: int = 2
+) -> bytes:
+    """Encode a detail digest of the given buckets (all if ``scope`` is ``None``).
+
+    Layout: ``[1, 1, stage, scope_bitmap | nil, [[owner, gen, gc, cover, removed]...],
+    [[writer, cover]...]]``, items sorted by name.
+    """
+    sc = None if scope is None else frozenset(scope)
+    owners = sorted(
+        _item_bytes_owner(o, item)
+        for o, item in _owner_items(om)
+        if sc is None or bucket_of(0, o) in sc
+    )
+    writers = sorted(
+        (w, codec.encode_cover(cov))
+        for w, cov in lww.covers.items()
+        if sc is None or bucket_of(1, w) in sc
+    )
+    bitmap = None
+    if sc is not None:
+        bits = bytearray(BUCKETS // 8)
+        for b in sc:
+            bits[b >> 3] |= 1 << (b & 7)
+        bitmap = bytes(bits)
+    return _pack(  # type: ignore[no-any-return]
+        (codec.FORMAT_VERSION, _KIND_DETAIL, stage, bitmap, owners, writers)
+    )
+
+
+def decode_digest(data: bytes) -> tuple[bytes, bytes] | Detail:
+    """Decode a digest: ``(root, bucket_blob)`` for a summary, :class:`Detail` otherwise.
+
+    Raises:
+        CodecError: If malformed.
+    """
+    top = codec.unpack(data)
+    if type(top) is not tuple or len(top) < 2 or top[0] != codec.FORMAT_VERSION:
+        raise CodecError("malformed digest")
+    if top[1] == _KIND_SUMMARY:
+        if len(top) != 4 or type(top[2]) is not bytes or type(top[3]) is not bytes:
+            raise CodecError("malformed summary digest")
+        if len(top[2]) != 8 or len(top[3]) != 8 * BUCKETS:
+            raise CodecError("malformed summary digest sizes")
+        return top[2], top[3]
+    if top[1] != _KIND_DETAIL or len(top) != 6:
+        raise CodecError("malformed detail digest")
+    _, _, stage, bitmap, owners, writers = top
+    if stage not in (1, 2):
+        raise CodecError("malformed digest stage")
+    scope: frozenset[int] | None = None
+    if bitmap is not None:
+        if type(bitmap) is not bytes or len(bitmap) != BUCKETS // 8:
+            raise CodecError("malformed digest scope")
+        scope = frozenset(i for i in range(BUCKETS) if bitmap[i >> 3] >> (i & 7) & 1)
+    od: dict[str, tuple[int, int, Cover, bool]] = {}
+    if type(owners) is not tuple or type(writers) is not tuple:
+        raise CodecError("malformed digest items")
+    for it in owners:
+        if type(it) is not tuple or len(it) != 5:
+            raise CodecError("malformed owner digest item")
+        name, gen, gc, cov, removed = it
+        if type(name) is not str or type(gen) is not int or type(gc) is not int:
+            raise CodecError("malformed owner digest item")
+        if type(removed) is not bool or gen < 0 or gc < 0:
+            raise CodecError("malformed owner digest item")
+        od[name] = (gen, gc, codec.decode_cover(cov), removed)
+    wd: dict[str, Cover] = {}
+    for it in writers:
+        if type(it) is not tuple or len(it) != 2 or type(it[0]) is not str:
+            raise CodecError("malformed writer digest item")
+        wd[it[0]] = codec.decode_cover(it[1])
+    return Detail(stage, scope, od, wd)
+
+
+def differing_buckets(mine: list[int], blob: bytes) -> list[int]:
+    """Return the bucket numbers whose hashes differ from a peer's summary blob."""
+    return [
+        i for i in range(BUCKETS) if mine[i].to_bytes(8, "big") != blob[8 * i : 8 * i + 8]
+    ]
+
+
+class _Budget:
+    __slots__ = ("left", "used_any")
+
+    def __init__(self, budget: int) -> None:
+        self.left = budget
+        self.used_any = False
+
+    def take(self, n: int, force: bool = False) -> bool:
+        if n <= self.left or (force and not self.used_any):
+            self.left -= n
+            self.used_any = True
+            return True
+        return False
+
+
+def _cut_owner_chunk(c: OwnerChunk, budget: _Budget) -> tuple[bytes | None, bool]:
+    """Encode as much of ``c`` as fits; return ``(bytes or None, truncated)``."""
+    if c.reset:
+        enc = codec.encode_owner_chunk(c)
+        if budget.take(len(enc), force=True):
+            return enc, False
+        return None, True
+    head = codec.owner_chunk_head(c)
+    packed = [codec.pack_entry(e) for e in c.entries]
+    total = len(head) + 5 + sum(map(len, packed))
+    if budget.take(total):
+        return head + codec._array(packed, len(packed)), False
+    # Cut: keep a prefix of entries in version order; the claim stops just before
+    # the first entry left out, so every claimed version's entry is included.
+    n = 0
+    size = len(head) + 5
+    for p in packed:
+        if size + len(p) > budget.left and not (n == 0 and not budget.used_any):
+            break
+        size += len(p)
+        n += 1
+    if n == 0:
+        return None, True
+    claim = cover_clip(c.cover, c.entries[n].version - 1)
+    cut = OwnerChunk(c.owner, c.generation, c.gc, False, claim, c.entries[:n])
+    enc = codec.owner_chunk_head(cut) + codec._array(packed[:n], n)
+    budget.take(len(enc), force=True)
+    budget.left = min(budget.left, 0)
+    return enc, True
+
+
+def _cut_writer_chunk(c: WriterChunk, budget: _Budget) -> tuple[bytes | None, bool]:
+    head = codec.writer_chunk_head(c)
+    packed = [codec.pack_lww_entry(e) for e in c.entries]
+    total = len(head) + 5 + sum(map(len, packed))
+    if budget.take(total):
+        return head + codec._array(packed, len(packed)), False
+    n = 0
+    size = len(head) + 5
+    for p in packed:
+        if size + len(p) > budget.left and not (n == 0 and not budget.used_any):
+            break
+        size += len(p)
+        n += 1
+    if n == 0:
+        return None, True
+    claim = cover_clip(c.cover, c.entries[n].seq - 1)
+    cut = WriterChunk(c.writer, claim, c.entries[:n])
+    enc = codec.writer_chunk_head(cut) + codec._array(packed[:n], n)
+    budget.take(len(enc), force=True)
+    budget.left = min(budget.left, 0)
+    return enc, True
+
+
+def delta_since(
+    om: OwnerMap, lww: LWWMap, peer: Detail | None, budget_bytes: int | None
+) -> tuple[bytes, bool]:
+    """Return ``(delta, truncated)``: what a peer described by ``peer`` lacks.
+
+    Args:
+        om: Our owner map.
+        lww: Our LWW map.
+        peer: The peer's detail digest; ``None`` means "the peer has nothing"
+            (the full state).
+        budget_bytes: Soft cap on the delta size (``None``: unlimited). At least
+            one entry (or one reset) is always included so progress is certain.
+
+    Returns:
+        The encoded delta (``b""`` if the peer lacks nothing) and whether it was cut.
+    """
+    budget = _Budget(budget_bytes if budget_bytes is not None else 1 << 62)
+    truncated = False
+    marker_parts: list[bytes] = []
+    for o, mk in sorted(om.markers.items()):
+        if peer is not None:
+            if not peer.in_scope(0, o):
+                continue
+            item = peer.owners.get(o)
+            if item is not None and item[3] and (item[0], 0) >= (mk.generation, 0):
+                continue
+        menc = codec.encode_marker(o, mk)
+        if budget.take(len(menc), force=True):
+            marker_parts.append(menc)
+        else:
+            truncated = True
+    owner_parts: list[bytes] = []
+    for o in sorted(om.owners):
+        if truncated:
+            break
+        if peer is None:
+            chunk = om.chunk_for(o, None)
+        else:
+            if not peer.in_scope(0, o):
+                continue
+            item = peer.owners.get(o)
+            if item is not None and item[3]:
+                if item[0] >= om.owners[o].generation:
+                    continue  # the peer removed this generation; it will tell us
+                chunk = om.chunk_for(o, None)
+            else:
+                chunk = om.chunk_for(o, None if item is None else item[:3])
+        if chunk is None:
+            continue
+        enc, cut = _cut_owner_chunk(chunk, budget)
+        if enc is not None:
+            owner_parts.append(enc)
+        truncated = truncated or cut
+    writer_parts: list[bytes] = []
+    if not truncated:
+        if peer is None:
+            wchunks = lww.writer_chunks(None)
+        else:
+            wchunks = [
+                c for c in lww.writer_chunks(dict(peer.writers)) if peer.in_scope(1, c.writer)
+            ]
+        for wc in wchunks:
+            enc, cut = _cut_writer_chunk(wc, budget)
+            if enc is not None:
+                writer_parts.append(enc)
+            if cut:
+                truncated = True
+                break
+    if not (marker_parts or owner_parts or writer_parts):
+        return b"", truncated
+    return codec.assemble_delta(owner_parts, marker_parts, writer_parts, truncated), truncated
+
+
+def full_state(om: OwnerMap, lww: LWWMap) -> bytes:
+    """Return the deterministic encoding of a whole replica (a delta from nothing)."""
+    return delta_since(om, lww, None, None)[0] or codec.assemble_delta([], [], [], False)
+
