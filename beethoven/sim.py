@@ -187,6 +187,8 @@ class SimNode:
         epoch: bumped at each crash/restart so stale heap entries are ignored.
         generation: the current life's generation.
         blocked_until: virtual time its loop is blocked until.
+        deaf_until: virtual time until which its inbound processing is stalled
+            (timers still fire: a starved receiver).
         backlog: inputs that arrived while blocked.
         sched: the deadline its heap entry was pushed for.
         leaving: True once it announced a graceful leave.
@@ -198,6 +200,7 @@ class SimNode:
         "backlog",
         "blocked_until",
         "core",
+        "deaf_until",
         "datagrams_sent",
         "epoch",
         "generation",
@@ -217,6 +220,7 @@ class SimNode:
         self.epoch = 0
         self.generation = core.generation
         self.blocked_until = -_INF
+        self.deaf_until = -_INF
         self.backlog: list[tuple[int, Any]] = []
         self.sched = _INF
         self.leaving = False
@@ -375,7 +379,7 @@ class Simulator:
         return self.nodes[name_or_index]
 
     def crash(self, index: int, *, at: float | None = None) -> None:
-        """kill -9 node *index* at *at* (default now)."""
+        """Crash node *index* like kill -9 at *at* (default now)."""
 
         def do() -> None:
             node = self.nodes[index]
@@ -489,17 +493,36 @@ class Simulator:
         duration: float = 1.0,
         start: float | None = None,
         until: float = _INF,
+        mode: str = "loop",
     ) -> None:
-        """Block node *index*'s loop for *duration* seconds every *every* seconds."""
+        """Make node *index* slow for *duration* seconds every *every* seconds.
+
+        Args:
+            index: the node.
+            every: period of the stalls.
+            duration: length of each stall.
+            start: time of the first stall (default now).
+            until: no stall starts at or after this time.
+            mode: ``"loop"`` blocks the whole loop (nothing runs; on waking, overdue
+                timers first, then the backlog); ``"inbound"`` only stalls the
+                processing of received datagrams and stream replies while timers keep
+                firing (a starved receiver, Lifeguard's slow-node model).
+        """
         first = self.now if start is None else start
+        if mode not in ("loop", "inbound"):
+            raise ValueError(f"unknown slow mode {mode!r}")
 
         def stall() -> None:
             node = self.nodes[index]
             if self.now >= until:
                 return
             if node.up:
-                node.blocked_until = self.now + duration
-                self._push(node.blocked_until, _UNBLOCK, index, node.epoch, None)
+                if mode == "loop":
+                    node.blocked_until = self.now + duration
+                    self._push(node.blocked_until, _UNBLOCK, index, node.epoch, None)
+                else:
+                    node.deaf_until = self.now + duration
+                    self._push(node.deaf_until, _UNBLOCK, index, node.epoch, None)
             self.call_at(self.now + every, stall)
 
         self.call_at(first, stall)
@@ -531,23 +554,22 @@ class Simulator:
                     continue  # the unblock handles it
                 self._apply(node, node.core.handle_timeout(t))
             elif kind == _DGRAM:
-                if node.blocked_until > t:
+                if node.blocked_until > t or node.deaf_until > t:
                     node.backlog.append((kind, payload))
                     continue
                 self._apply(node, node.core.handle_datagram(t, payload[0], payload[1]))
             elif kind == _ST_ARRIVE:
-                if node.blocked_until > t:
+                if node.blocked_until > t or node.deaf_until > t:
                     node.backlog.append((kind, payload))
                     continue
                 self._serve_stream(node, payload)
             elif kind == _ST_REPLY:
-                if node.blocked_until > t:
+                if node.blocked_until > t or node.deaf_until > t:
                     node.backlog.append((kind, payload))
                     continue
                 self._apply(node, node.core.handle_stream_reply(t, payload[0], payload[1]))
-            elif kind == _UNBLOCK:
-                if node.blocked_until <= t:
-                    self._unblock(node)
+            elif kind == _UNBLOCK and node.blocked_until <= t and node.deaf_until <= t:
+                self._unblock(node)
         self.now = max(self.now, t_end)
 
     def run_for(self, dt: float) -> None:
@@ -745,7 +767,9 @@ class Simulator:
                     out.append(f"{node.name} marks {m.name} {m.status}")
         return out
 
-    def first_seen(self, kind: str, subject: str, generation: int | None = None) -> dict[str, float]:
+    def first_seen(
+        self, kind: str, subject: str, generation: int | None = None
+    ) -> dict[str, float]:
         """Observer -> first virtual time it reported *kind* about *subject* (from `log`)."""
         out: dict[str, float] = {}
         for rec in self.log:

@@ -112,6 +112,8 @@ class MembershipStats:
         joins_failed: join push-pulls that failed.
         dropped: messages ignored (misdirected, oversized metadata, unknown type).
         stalls: timers that fired late enough to prove the local loop stalled.
+        inconclusive_probes: failed probes not turned into a suspicion because no
+            relay answered either (local health on).
         local_health: current Lifeguard local health score (0 = healthy).
         members: members in the table, self and dead ones included.
         live: members alive or suspect, self included.
@@ -133,6 +135,7 @@ class MembershipStats:
     joins_failed: int
     dropped: int
     stalls: int
+    inconclusive_probes: int
     local_health: int
     members: int
     live: int

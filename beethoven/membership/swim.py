@@ -205,6 +205,7 @@ class SwimCore:
         self._c_joins_failed = 0
         self._c_dropped = 0
         self._c_stalls = 0
+        self._c_inconclusive = 0
         self._handlers: dict[type, Callable[[float, Address, Message], None]] = {
             Ping: self._on_ping,  # type: ignore[dict-item]
             Ack: self._on_ack,  # type: ignore[dict-item]
@@ -293,6 +294,7 @@ class SwimCore:
             joins_failed=self._c_joins_failed,
             dropped=self._c_dropped,
             stalls=self._c_stalls,
+            inconclusive_probes=self._c_inconclusive,
             local_health=self._aw.score,
             members=len(self._table),
             live=self._table.live_count,
@@ -905,6 +907,10 @@ class SwimCore:
             self._aw.apply(self._probe_expected - self._probe_nacks)
         else:
             self._aw.apply(1)
+        if self._aw.enabled and self._probe_expected > 0 and self._probe_nacks == 0:
+            # Not one relay answered either: the silence is more likely ours.
+            self._c_inconclusive += 1
+            return
         m = self._table.get(self._probe_target)
         if m is None or not m.live or m.generation != self._probe_gen:
             return
@@ -936,7 +942,9 @@ class SwimCore:
             self._send(source, [Ack(msg.seq, self._name)])
             return
         seq = self._next_seq()
-        deadline = now + self._p.probe_timeout
+        p = self._p
+        # Answer (nack) before the requester's indirect window closes.
+        deadline = now + 0.8 * (p.probe_interval - p.probe_timeout)
         self._relays[seq] = _Relay(source, msg.seq, msg.target, msg.want_nack, deadline)
         heapq.heappush(self._relay_heap, (deadline, seq))
         self._send(msg.target_addr, [Ping(seq, msg.target, self._name)])
