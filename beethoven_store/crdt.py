@@ -652,13 +652,12 @@ class OwnerMap:
                 sink(owner, key)
 
         if st is None or chunk.generation > st.generation:
-            # Lexicographic join: the newer generation replaces the keyspace.
-            if not cover:
-                return False
-            if not chunk.reset and chunk.gc >= cover[0][0]:
+            # Lexicographic join: the newer generation replaces the keyspace (even
+            # while it is still empty: that is the bottom of the new generation).
+            if not chunk.reset and chunk.gc and (not cover or chunk.gc >= cover[0][0]):
                 c.gc_rejected += 1
                 return False
-            if len(cover) > self.max_cloud + 1:
+            if not chunk.reset and len(cover) > self.max_cloud + 1:
                 c.gapped_ignored += 1
                 return False
             fresh = OwnerState(chunk.generation)
@@ -759,17 +758,18 @@ class OwnerMap:
         st = self.owners.get(owner)
         if st is None:
             return None
-        if peer is None or peer[0] < st.generation:
+        newer = peer is None or peer[0] < st.generation
+        if newer:
             p_gc, p_cover = 0, _EMPTY
-        elif peer[0] > st.generation:
+        elif peer is not None and peer[0] > st.generation:
             return None
-        else:
+        elif peer is not None:
             p_gc, p_cover = peer[1], peer[2]
         if st.gc > cover_m(p_cover):
             ents = tuple(sorted(st.entries.values(), key=lambda e: e.version))
             return OwnerChunk(owner, st.generation, st.gc, True, st.cover, ents)
         claim = cover_diff(st.cover, p_cover)
-        if not claim and st.gc <= p_gc:
+        if not claim and st.gc <= p_gc and not newer:
             return None
         if len(claim) == 1:
             lo, hi = claim[0]
@@ -883,15 +883,31 @@ class LWWMap:
             assert not (e.raw is None and e.hlc <= self.gc_floor), e
 
     def write(
-        self, writer: str, key: Key, raw: bytes | None, value: Value, hlc: int
+        self,
+        writer: str,
+        key: Key,
+        raw: bytes | None,
+        value: Value,
+        hlc: int,
+        *,
+        min_seq: int = 1,
     ) -> WriterChunk:
         """Write ``key`` as ``writer`` at ``hlc`` (which must exceed every HLC seen).
+
+        Args:
+            writer: The writer (this node).
+            key: The key.
+            raw: The encoded value, ``None`` for a tombstone.
+            value: The decoded value.
+            hlc: The write's timestamp.
+            min_seq: Lowest sequence number to use: a writer that lost its own
+                cover (a new life) starts above anything a former life used.
 
         Returns:
             The delta: a writer chunk with cover ``[seq, seq]`` and the one entry.
         """
         cov = self.covers.get(writer, _EMPTY)
-        seq = cover_max(cov) + 1
+        seq = max(cover_max(cov) + 1, min_seq)
         e = LwwEntry(key, hlc, writer, seq, raw, value)
         cur = self.entries.get(key)
         if cur is None or (hlc, writer) > (cur.hlc, cur.writer):

@@ -371,6 +371,7 @@ class Store:
         self._limiter = trio.CapacityLimiter(1)
         self._wakeup: trio.Event | None = None
         self._version_ceiling = 0
+        self._seq_base = 1
         self._closed = False
         # counters
         self._merges = 0
@@ -423,6 +424,10 @@ class Store:
                     del st.entries[key]
             st.purge_through(ceiling)
             self._version_ceiling = ceiling
+        # A writer without a persisted cover (memory backend, fresh file) may have
+        # had a former life: number its LWW writes above anything that life used
+        # (its seqs never exceeded its HLC, which is below our boot HLC).
+        self._seq_base = 1 if self.lww.covers.get(self.owner) else generation + 1
         if self.durable:
             self._pending_meta.update(
                 {
@@ -644,7 +649,9 @@ class Store:
 
     def _write_lww(self, key: Key, raw: bytes | None, value: Value) -> Delta:
         prev = self.lww.entries.get(key)
-        chunk = self.lww.write(self.owner, key, raw, value, self._clock.now())
+        chunk = self.lww.write(
+            self.owner, key, raw, value, self._clock.now(), min_seq=self._seq_base
+        )
         if self.durable:
             self._dirty_lww.add(key)
             self._dirty_writers.add(self.owner)

@@ -117,8 +117,7 @@ class Detail:
 
 def _owner_items(om: OwnerMap) -> Iterable[tuple[str, tuple[int, int, Cover, bool]]]:
     for o, st in om.owners.items():
-        if st.cover:  # an owner that never wrote is ⊥: not worth an item
-            yield o, (st.generation, st.gc, st.cover, False)
+        yield o, (st.generation, st.gc, st.cover, False)
     for o, mk in om.markers.items():
         if o not in om.owners:
             yield o, (mk.generation, 0, (), True)

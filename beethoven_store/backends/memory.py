@@ -23,6 +23,23 @@ __all__ = ["MemoryBackend"]
 logger = logging.getLogger(__name__)
 
 
+def _check_row(r: object) -> None:
+    ok = (
+        isinstance(r, tuple)
+        and len(r) == 8
+        and type(r[0]) is int
+        and type(r[1]) is str
+        and type(r[2]) is bytes
+        and type(r[3]) is int
+        and type(r[4]) is int
+        and type(r[5]) is str
+        and (r[6] is None or type(r[6]) is bytes)
+        and (r[7] is None or type(r[7]) is int)
+    )
+    if not ok:
+        raise StoreError(f"malformed row {r!r}")
+
+
 class MemoryBackend:
     """A backend in process memory (see the module docstring)."""
 
@@ -64,8 +81,7 @@ class MemoryBackend:
         self._check_open()
         t0 = time.perf_counter()
         for r in batch.upserts:
-            if not isinstance(r, Row):
-                raise StoreError(f"not a Row: {r!r}")
+            _check_row(r)
         for rid in batch.deletes:
             self._rows.pop(rid, None)
         for r in batch.upserts:
