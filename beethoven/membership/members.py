@@ -187,7 +187,17 @@ class MemberTable:
         rng: the core's seeded random source.
     """
 
-    __slots__ = ("_idx", "_m", "_order", "_order_shared", "_rng", "live_count", "root", "self_name")
+    __slots__ = (
+        "_idx",
+        "_m",
+        "_order",
+        "_order_shared",
+        "_rng",
+        "_walked",
+        "live_count",
+        "root",
+        "self_name",
+    )
 
     def __init__(self, self_name: str, rng: random.Random) -> None:
         self.self_name = self_name
@@ -196,6 +206,7 @@ class MemberTable:
         self._order: list[str] = []
         self._order_shared = False
         self._idx = 0
+        self._walked = 0
         self.root = 0
         self.live_count = 0
 
@@ -204,7 +215,10 @@ class MemberTable:
         self._m = dict(snapshot.members)
         self._order = snapshot.order
         self._order_shared = True
+        # Walk the shared order from a random offset, all the way round, before the
+        # first reshuffle: every member is probed once by every node per pass.
         self._idx = self._rng.randrange(len(self._order)) if self._order else 0
+        self._walked = 0
         self.root = snapshot.root
         self.live_count = snapshot.live
 
@@ -269,18 +283,22 @@ class MemberTable:
         self._order = [name for name in self._order if name in m]
         self._rng.shuffle(self._order)
         self._idx = 0
+        self._walked = 0
 
     def next_probe(self) -> Member | None:
         """The next live member other than self in round-robin order, or None."""
         m = self._m
         self_name = self.self_name
         for _ in range(len(self._order) + 2):
-            if self._idx >= len(self._order):
+            if self._walked >= len(self._order):
                 self._reshuffle()
                 if not self._order:
                     return None
+            if self._idx >= len(self._order):
+                self._idx = 0
             name = self._order[self._idx]
             self._idx += 1
+            self._walked += 1
             member = m.get(name)
             if member is not None and name != self_name and member.status in _LIVE:
                 return member

@@ -56,7 +56,10 @@ class SwimParams:
             from the maximum to the minimum (Lifeguard's k).
         reprobe_fanout: expected number of members that probe a freshly suspected
             member at their next probe tick (0 disables re-probing).
-        local_health: enable Lifeguard's local health multiplier and stall guard.
+        local_health: enable Lifeguard's local health multiplier, the stall guard and
+            the inconclusive-probe rule.
+        inconclusive_probes: with local health on, a failed probe that got no nack
+            from any relay raises no suspicion.
         awareness_max: local health multiplier ceiling (score 0..awareness_max-1,
             timeouts scaled by score+1).
         stall_threshold: a timer firing this late proves our own loop stalled.
@@ -85,6 +88,7 @@ class SwimParams:
     suspicion_confirmations: int = attrs.field(default=3, validator=_non_negative)
     reprobe_fanout: int = attrs.field(default=6, validator=_non_negative)
     local_health: bool = True
+    inconclusive_probes: bool = True
     awareness_max: int = attrs.field(default=8, validator=_positive)
     stall_threshold: float = attrs.field(default=0.2, validator=_positive)
     pushpull_interval: float = attrs.field(default=30.0, validator=_positive)
@@ -152,10 +156,11 @@ class SwimParams:
         SuspicionMult 4, SuspicionMaxTimeoutMult 6, AwarenessMaxMultiplier 8,
         PushPullInterval 30 s, UDPBufferSize 1400; memberlist expects
         ``SuspicionMult - 2`` confirmations, has no fresh-fact relay, no suspect
-        re-probe, no stall guard and no reconnect.
+        re-probe, no stall guard, no inconclusive-probe rule and no reconnect.
         """
         return cls(
             relay_gap=None,
+            inconclusive_probes=False,
             suspicion_mult=4.0,
             suspicion_confirmations=2,
             reprobe_fanout=0,

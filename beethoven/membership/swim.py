@@ -151,6 +151,7 @@ class SwimCore:
         self._table.put(self._me)
         self._bq = BroadcastQueue()
         self._aw = Awareness(p.awareness_max, enabled=p.local_health)
+        self._inconclusive = p.local_health and p.inconclusive_probes
         self._out: list[Effect] = []
         self._started = False
         self._left = False
@@ -177,6 +178,7 @@ class SwimCore:
         # Suspicions and relays, with lazily invalidated heaps.
         self._susp: dict[str, Suspicion] = {}
         self._susp_heap: list[tuple[float, str]] = []
+        self._verify_heap: list[tuple[float, str, float]] = []
         self._relays: dict[int, _Relay] = {}
         self._relay_heap: list[tuple[float, int]] = []
         # Members that are dead or left (reaping) and recently dead (gossip targets).
@@ -482,6 +484,15 @@ class SwimCore:
                     t = when
                 break
             heapq.heappop(heap)
+        vheap = self._verify_heap
+        while vheap:
+            when, name, start = vheap[0]
+            s = self._susp.get(name)
+            if s is not None and s.start == start:
+                if when < t:
+                    t = when
+                break
+            heapq.heappop(vheap)
         rheap = self._relay_heap
         while rheap:
             when, seq = rheap[0]
@@ -507,6 +518,8 @@ class SwimCore:
                 self._gossip_tick(now)
             elif self._susp_heap and self._susp_heap[0][0] <= now:
                 self._on_suspicion_timer(now, *heapq.heappop(self._susp_heap))
+            elif self._verify_heap and self._verify_heap[0][0] <= now:
+                self._on_verify(*heapq.heappop(self._verify_heap))
             elif self._relay_heap and self._relay_heap[0][0] <= now:
                 self._on_relay_timer(now, *heapq.heappop(self._relay_heap))
             elif self._next_pushpull <= now:
@@ -631,6 +644,10 @@ class SwimCore:
             self._c_dropped += 1
             return
         if incarnation < me.incarnation:
+            # The accuser missed our refutation: make sure it is being told again
+            # (it rides on the ack that answers the buddy ping carrying this).
+            if self._name not in self._bq:
+                self._queue_fact(now, self._name, self._alive_msg())
             return
         self._refute(now, incarnation)
 
@@ -717,6 +734,8 @@ class SwimCore:
         s = Suspicion(accuser, now, k, lo, lo * p.suspicion_max_mult)
         self._susp[name] = s
         heapq.heappush(self._susp_heap, (s.deadline, name))
+        # Verification: if still unconfirmed halfway through the minimum, probe it.
+        heapq.heappush(self._verify_heap, (now + lo / 2, name, s.start))
 
     def _on_dead_msg(self, now: float, source: Address, msg: Dead) -> None:
         self._on_dead(now, msg, True)
@@ -854,6 +873,11 @@ class SwimCore:
         self._probe_phase = _IDLE
         self._probe_timeout_at = self._probe_end_at = _INF
         self._aw.apply(-1)
+        target = self._probe_target
+        if target in self._susp and target not in self._reprobe:
+            # It answers but we still hold it suspect: we missed its refutation.
+            # Keep probing it (each ping carries the buddy suspect, each ack its alive).
+            self._reprobe.append(target)
 
     def _on_direct_timeout(self, now: float) -> None:
         p = self._p
@@ -907,7 +931,7 @@ class SwimCore:
             self._aw.apply(self._probe_expected - self._probe_nacks)
         else:
             self._aw.apply(1)
-        if self._aw.enabled and self._probe_expected > 0 and self._probe_nacks == 0:
+        if self._inconclusive and self._probe_expected > 0 and self._probe_nacks == 0:
             # Not one relay answered either: the silence is more likely ours.
             self._c_inconclusive += 1
             return
@@ -956,6 +980,13 @@ class SwimCore:
         del self._relays[seq]
         if relay.want_nack:
             self._send(relay.requester, [Nack(relay.orig_seq, self._name)])
+
+    def _on_verify(self, when: float, name: str, start: float) -> None:
+        s = self._susp.get(name)
+        if s is None or s.start != start or s.confirmations >= s.k > 0:
+            return
+        if name not in self._reprobe and not self._left:
+            self._reprobe.append(name)
 
     def _on_suspicion_timer(self, now: float, deadline: float, name: str) -> None:
         s = self._susp.get(name)
