@@ -325,12 +325,39 @@ def test_leave_about_self_is_refuted_and_old_life_ignored() -> None:
     assert core.incarnation == 4
 
 
-def test_stale_accusation_is_ignored() -> None:
+def test_stale_accusation_is_ignored_but_alive_reannounced() -> None:
     core = make()
     with_peers(core, 2)
     core.handle_datagram(1.0, addr(2), [Suspect("n1", 100, 0, "n2")])
-    core.handle_datagram(1.0, addr(2), [Suspect("n1", 100, 0, "n3")])
+    drain(core, 1.0)
+    # n3 missed the refutation and pings us with the buddy suspect.
+    out = core.handle_datagram(2.0, addr(3), [Suspect("n1", 100, 0, "n3"), Ping(4, "n1", "n3")])
     assert core.incarnation == 1
+    assert Alive("n1", 100, 1, addr(1)) in msgs(out, Alive)
+
+
+def test_unconfirmed_suspicion_is_verified_by_probing() -> None:
+    core = make(reprobe_fanout=0, local_health=False, tcp_fallback=False)
+    with_peers(core, 30)
+    core.handle_datagram(0.0, addr(3), [Suspect("n17", 100, 0, "n3")])
+    lo = suspicion_timeout(1.0, 31, 1.0)
+    pings: list[tuple[float, Ping]] = []
+    for _ in range(100):
+        d = core.next_deadline()
+        for m in msgs(core.handle_timeout(d), Ping):
+            assert isinstance(m, Ping)
+            pings.append((d, m))
+        if pings and pings[-1][1].target == "n17":
+            break
+    t, ping = pings[-1]
+    assert ping.target == "n17"
+    assert t <= lo / 2 + 1.0
+    # It answers, but we still hold it suspect: ask again, buddy suspect first.
+    core.handle_datagram(t + 0.01, addr(17), [Ack(ping.seq, "n17")])
+    out = run_until(core, t + 1.0)
+    probe = next(d for d in sends(out) if any(isinstance(m, Ping) for m in d.messages))
+    assert probe.to == addr(17)
+    assert isinstance(probe.messages[0], Suspect)
 
 
 # --- precedence ----------------------------------------------------------------------------
