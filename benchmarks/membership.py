@@ -139,9 +139,9 @@ def bench_detection(ns: list[int], crashes: dict[int, int], seed: int) -> list[R
     return rows
 
 
-def bench_loss(n: int, seconds: float, losses: list[float], seed: int) -> list[Row]:
+def bench_loss(cases: list[tuple[int, float, float]], seed: int) -> list[Row]:
     rows = []
-    for loss in losses:
+    for n, seconds, loss in cases:
         t0 = time.perf_counter()
         sim = Simulator(seed=seed, loss=loss, record=())
         sim.bootstrap(n)
@@ -271,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
             [100, 1000], {100: 10 if quick else 40, 1000: 3 if quick else 10}, seed
         ),
         "loss": lambda: bench_loss(
-            100 if quick else 1000, 3600.0, [0.1] if quick else [0.1, 0.3], seed
+            [(100, 3600.0, 0.1), (100, 600.0, 0.3)]
+            if quick
+            else [(100, 36000.0, 0.1), (1000, 1800.0, 0.1), (100, 3600.0, 0.3)],
+            seed,
         ),
         "slow": lambda: bench_slow(50, 600.0 if quick else 3600.0, seed),
         "bandwidth": lambda: bench_bandwidth(1000, 30.0, 200.0 if quick else 600.0, seed),
