@@ -1,0 +1,868 @@
+"""The Beethoven node: every service in one nursery, and the public API.
+
+``async with open_node(config) as node:`` validates the configuration, opens the
+store, binds the transport, starts membership, the beacon, the Locator, the store
+replication, HwMon, the allocator publisher and RoleMgmt, and yields once the
+node serves. Leaving the block stops the roles (with their grace period),
+announces a graceful leave, flushes the store and cancels everything.
+
+Replication of the store rides on the membership layer:
+
+* every own-keyspace write (node record, role holdings, score) becomes a delta
+  that is pushed to a few random online members in a ``StoreDelta`` datagram; a
+  member that learns something new from it relays it the same way (epidemic
+  dissemination that stops by itself, since a duplicate changes nothing);
+* a periodic anti-entropy exchange over TCP with one random member
+  (``StoreSyncRequest``/``StoreSyncReply``, digest first) repairs anything lost,
+  and runs at once with the peers a join went through.
+
+Node status (online/offline) comes from membership, not from the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, NoReturn
+
+import attrs
+import trio
+
+from beethoven import __version__
+from beethoven.address import Address, parse_address
+from beethoven.allocator import Allocator, PublishedScore, Signal, SignalType, choose_least_busy
+from beethoven.config import Config, load_config
+from beethoven.core import CoreServer, CoreStats, NodeRecord, NodeUpdate
+from beethoven.discovery.beacon import BeaconServer, BeaconStats
+from beethoven.discovery.locator import Locator, LocatorSettings, LocatorStats
+from beethoven.errors import BeethovenError, CodecError, ConfigError, StoreError
+from beethoven.fanout import Subscription
+from beethoven.hwmon import HwMon, HwMonStats
+from beethoven.membership.api import MemberEvent, MemberEventKind, MembershipStats
+from beethoven.membership.params import SwimParams
+from beethoven.membership.runner import MembershipRunner, RunnerStats
+from beethoven.membership.swim import SwimCore
+from beethoven.roles import Role, RoleMgmt, RoleMgmtStats, RoleStatus
+from beethoven.transport.base import Transport, TransportStats
+from beethoven.transport.memory import MemoryNetwork
+from beethoven.transport.udp_tcp import open_udp_tcp_transport
+from beethoven.wire.codec import encoded_size
+from beethoven.wire.framing import FrameChannel
+from beethoven.wire.messages import (
+    BeaconHello,
+    BeaconMember,
+    Message,
+    StoreDelta,
+    StoreSyncReply,
+    StoreSyncRequest,
+)
+from beethoven.wire.packet import PacketCodec, WireStats
+from beethoven.wire.security import Keyring
+from beethoven_store import Store, StoreStats, open_store
+
+__all__ = [
+    "ClusterKV",
+    "Node",
+    "NodeMode",
+    "NodeStats",
+    "RoleInfo",
+    "SignalHandle",
+    "open_node",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds the graceful leave may take when the ``async with`` block ends.
+LEAVE_TIMEOUT = 10.0
+#: Members each store delta is pushed to (and relayed to, when it is news).
+STORE_FANOUT = 3
+#: Seconds between two anti-entropy exchanges of the store.
+STORE_SYNC_INTERVAL = 2.0
+#: Rounds of one anti-entropy exchange at most (each answers the other's digest).
+STORE_SYNC_ROUNDS = 8
+#: Seconds between two publications of this node's score at most.
+SCORE_MIN_INTERVAL = 1.0
+#: Seconds between store GC passes.
+STORE_GC_INTERVAL = 60.0
+
+_NODE_KEY = ("node",)
+_SCORE_KEY = ("score",)
+_KV_PREFIX = "kv"
+
+
+class NodeMode:
+    """`Node.get_node_status` values, as in the original."""
+
+    STANDALONE = "standalone"
+    CLUSTERED = "clustered"
+
+
+@attrs.frozen
+class RoleInfo:
+    """What `Node.get_roles` reports for one role: actual holders, not intentions."""
+
+    role: str
+    count: int
+    assigned: int
+    nodes: tuple[str, ...]
+
+
+@attrs.frozen
+class NodeStats:
+    """Every counter of a node, by service."""
+
+    name: str
+    mode: str
+    ready: bool
+    wire: WireStats
+    transport: TransportStats
+    runner: RunnerStats
+    membership: MembershipStats
+    store: StoreStats
+    store_sync_ok: int
+    store_sync_failed: int
+    store_deltas_in: int
+    store_deltas_bad: int
+    core: CoreStats
+    beacon: BeaconStats
+    locator: LocatorStats
+    roles: RoleMgmtStats
+    hwmon: HwMonStats
+
+
+class SignalHandle:
+    """A registered allocator signal of this node; changes are published."""
+
+    def __init__(self, node: Node, signal: Signal) -> None:
+        self._node = node
+        self.signal = signal
+
+    @property
+    def value(self) -> float:
+        """The current value."""
+        return self._node._allocator.value(self.signal.name)
+
+    def set(self, value: float) -> None:
+        """Set the value (a count is clamped at 0)."""
+        self._node._allocator.set(self.signal.name, value)
+        self._node._score_changed()
+
+    def increment(self, by: float = 1.0) -> None:
+        """Add to a count."""
+        self._node._allocator.increment(self.signal.name, by)
+        self._node._score_changed()
+
+    def decrement(self, by: float = 1.0) -> None:
+        """Subtract from a count (never below 0)."""
+        self._node._allocator.decrement(self.signal.name, by)
+        self._node._score_changed()
+
+
+class ClusterKV:
+    """The cluster-wide key-value map: any node writes, latest (HLC, writer) wins.
+
+    Values are plain data (None, bool, int, float, str, bytes, lists, dicts with
+    string keys). Reads are local; a write is applied locally at once and
+    replicated to every node in the background. Deletes are tombstones.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of *key*, or *default*."""
+        return self._node._store.get((_KV_PREFIX, key), default)
+
+    def __getitem__(self, key: str) -> Any:
+        missing = object()
+        value = self.get(key, missing)
+        if value is missing:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key, _MISSING) is not _MISSING
+
+    def put(self, key: str, value: Any) -> None:
+        """Set *key* cluster-wide.
+
+        Raises:
+            StoreError: the value is not plain data.
+        """
+        self._node._disseminate(self._node._store.put((_KV_PREFIX, _check_kv_key(key)), value))
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.put(key, value)
+
+    def delete(self, key: str) -> None:
+        """Delete *key* cluster-wide (a tombstone)."""
+        self._node._disseminate(self._node._store.delete((_KV_PREFIX, _check_kv_key(key))))
+
+    def __delitem__(self, key: str) -> None:
+        self.delete(key)
+
+    def items(self) -> dict[str, Any]:
+        """Every live key and value."""
+        return {
+            key[1]: value
+            for key, value in self._node._store.shared_items()
+            if len(key) == 2 and key[0] == _KV_PREFIX and isinstance(key[1], str)
+        }
+
+
+_MISSING = object()
+
+
+def _check_kv_key(key: str) -> str:
+    if not isinstance(key, str) or not key:
+        raise StoreError(f"kv keys are non-empty strings, got {key!r}")
+    return key
+
+
+class _View:
+    """RoleMgmt's view of the cluster and its holdings publisher."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def online_nodes(self) -> Collection[str]:
+        return self._node.get_active_cluster_nodes()
+
+    def node_tags(self, node: str) -> frozenset[str]:
+        record = self._node._store.get_owned(node, _NODE_KEY)
+        if isinstance(record, dict) and isinstance(record.get("tags"), list):
+            return frozenset(t for t in record["tags"] if isinstance(t, str))
+        return frozenset()
+
+    def role_holders(self, role: str) -> Mapping[str, int]:
+        return self._node._holders(role)
+
+    def scores(self) -> Mapping[str, float]:
+        return {name: s.score for name, s in self._node._published_scores().items()}
+
+    def publish_holding(self, role: str, epoch: int) -> None:
+        node = self._node
+        node._disseminate(node._store.put_own(("hold", role), {"epoch": epoch}))
+        node._allocator.set("roles", len(node._roles.hosting()) if node._roles else 0)
+        node._score_changed()
+
+    def release_holding(self, role: str) -> None:
+        node = self._node
+        node._disseminate(node._store.delete_own(("hold", role)))
+        node._allocator.set("roles", len(node._roles.hosting()) if node._roles else 0)
+        node._score_changed()
+
+
+class Node:
+    """A running cluster member. Create it with `open_node`, never directly."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store,
+        transport: Transport,
+        keyring: Keyring | None,
+        params: SwimParams,
+        rng: random.Random,
+        sampler: Callable[[], tuple[float, float]] | None,
+    ) -> None:
+        self.config = config
+        self.name = config.node_name
+        self._store = store
+        self._transport = transport
+        self._keyring = keyring
+        self._rng = rng
+        self.address = transport.local_address
+        self._params = params
+        self._packets = PacketCodec(keyring, max_payload=config.max_payload)
+        self._core_swim = SwimCore(
+            name=self.name,
+            addr=self.address,
+            generation=store.clock.now(),
+            rng=random.Random(rng.getrandbits(64)),
+            size_of=encoded_size,
+            params=params,
+            cluster=config.cluster,
+        )
+        self._runner = MembershipRunner(
+            self._core_swim,
+            transport,
+            self._packets,
+            keyring=keyring,
+            stream_timeout=params.stream_timeout,
+            max_frame=config.max_frame,
+        )
+        self._core = CoreServer()
+        self._beacon = BeaconServer(
+            cluster=config.cluster,
+            name=self.name,
+            addr=self.address,
+            members=self._beacon_members,
+            keyring=keyring,
+            rng=random.Random(rng.getrandbits(64)),
+        )
+        own = {config.bind, self.address.host}
+        self._locator = Locator(
+            LocatorSettings.from_config(config),
+            transport=transport,
+            cluster=config.cluster,
+            name=self.name,
+            join=self._join,
+            members=self._other_online,
+            keyring=keyring,
+            own_addresses=own,
+            rng=random.Random(rng.getrandbits(64)),
+        )
+        self._allocator = Allocator()
+        self._allocator.register("cpu", 1.0, SignalType.PERCENT)
+        self._allocator.register("ram", 1.0, SignalType.PERCENT)
+        self._allocator.register("roles", 0.1, SignalType.COUNT)
+        hw_kwargs: dict[str, Any] = {} if sampler is None else {"sampler": sampler}
+        self.hwmon = HwMon(config.hwmon_interval, on_sample=self._on_hw_sample, **hw_kwargs)
+        self._view = _View(self)
+        self._roles: RoleMgmt | None = None
+        self._roles = RoleMgmt(
+            self.name,
+            config.roles,
+            self._view,
+            self._view,
+            on_change=self._score_changed,
+        )
+        self.kv = ClusterKV(self)
+        self._ready = trio.Event()
+        self._discovered = trio.Event()
+        self._score_dirty = trio.Event()
+        self._stale_after = max(30.0, 6 * config.hwmon_interval)
+        self._sync_ok = 0
+        self._sync_failed = 0
+        self._deltas_in = 0
+        self._deltas_bad = 0
+        self._runner.add_stream_handler(BeaconHello, self._beacon.handle)
+        self._runner.add_stream_handler(StoreSyncRequest, self._serve_store_sync)
+        self._runner.add_datagram_handler(StoreDelta, self._on_store_delta)
+        self._core.add_listener(self._roles.notify)
+
+    # --- readiness ------------------------------------------------------------------
+
+    def is_ready(self) -> bool:
+        """True once discovery finished and roles were assigned for the first time."""
+        return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        """Wait until `is_ready` (bound it with ``trio.fail_after``)."""
+        await self._ready.wait()
+
+    async def until_ready(self, timeout: float = 5.0) -> bool:  # noqa: ASYNC109 - original API
+        """Wait at most *timeout* seconds for readiness; the original's ``until_ready/1``.
+
+        Returns:
+            True if ready, False on timeout.
+        """
+        with trio.move_on_after(timeout):
+            await self._ready.wait()
+        return self._ready.is_set()
+
+    # --- membership views -----------------------------------------------------------
+
+    def get_node_status(self) -> str:
+        """`NodeMode.CLUSTERED` when another member is online, else `NodeMode.STANDALONE`."""
+        return NodeMode.CLUSTERED if self._other_online() else NodeMode.STANDALONE
+
+    def get_cluster_nodes(self) -> list[str]:
+        """Every node that joined and is not yet reaped (online or offline), sorted."""
+        return [r.node for r in self._core.records()]
+
+    def get_active_cluster_nodes(self) -> list[str]:
+        """The online nodes (alive or suspect), sorted; this node included."""
+        return self._core.online()
+
+    def get_detailed_cluster_nodes(self) -> list[NodeRecord]:
+        """Every known node with its status and the time of its last change."""
+        return self._core.records()
+
+    @asynccontextmanager
+    async def alert_me(self, maxlen: int = 1024) -> AsyncIterator[Subscription[NodeUpdate]]:
+        """Receive a `NodeUpdate` whenever a node goes online or offline.
+
+        Example::
+
+            async with node.alert_me() as updates:
+                async for update in updates:
+                    print(update.node, update.status)
+
+        Args:
+            maxlen: buffer size; when full the oldest update is dropped (counted).
+        """
+        async with self._core.alert_me(maxlen) as sub:
+            yield sub
+
+    def add_alert_callback(self, callback: Callable[[NodeUpdate], None]) -> None:
+        """Call *callback* on every `NodeUpdate` (synchronously; it must not block)."""
+        self._core.add_callback(callback)
+
+    # --- roles ----------------------------------------------------------------------
+
+    def _holders(self, role: str) -> dict[str, int]:
+        online = set(self._core.online())
+        holders: dict[str, int] = {}
+        for owner, value in self._store.values_of(("hold", role)).items():
+            if owner in online and isinstance(value, dict):
+                epoch = value.get("epoch")
+                if isinstance(epoch, int):
+                    holders[owner] = epoch
+        return holders
+
+    def get_roles(self) -> list[RoleInfo]:
+        """Every declared role with its desired count and its actual online holders."""
+        infos = []
+        for role in self.config.roles:
+            nodes = tuple(sorted(self._holders(role.name)))
+            infos.append(RoleInfo(role.name, role.count, len(nodes), nodes))
+        return infos
+
+    def whois_hosting(self, role: str) -> list[str]:
+        """The online nodes that host *role* (published holdings), sorted."""
+        return sorted(self._holders(role))
+
+    def role_status(self) -> list[RoleStatus]:
+        """Status of the role tasks running on this node."""
+        return self._roles.status() if self._roles else []
+
+    # --- allocator ------------------------------------------------------------------
+
+    def signal(
+        self, name: str, weight: float = 1.0, type: SignalType | str = SignalType.COUNT
+    ) -> SignalHandle:
+        """Register (or get) an allocator signal of this node.
+
+        Raises:
+            ConfigError: *name* is registered with another weight or type.
+        """
+        return SignalHandle(self, self._allocator.register(name, weight, type))
+
+    def score(self) -> float:
+        """This node's current allocator score."""
+        return self._allocator.score()
+
+    def _published_scores(self) -> dict[str, PublishedScore]:
+        scores: dict[str, PublishedScore] = {}
+        for owner, value in self._store.values_of(_SCORE_KEY).items():
+            if isinstance(value, dict):
+                s, t = value.get("s"), value.get("t")
+                if isinstance(s, int | float) and isinstance(t, int | float):
+                    scores[owner] = PublishedScore(float(s), float(t))
+        return scores
+
+    def allocate(self) -> str | None:
+        """The online node with the lowest fresh score (this node included).
+
+        Returns:
+            A node name, or ``None`` if no node is online (before start).
+        """
+        return choose_least_busy(
+            self._published_scores(),
+            self._core.online(),
+            now=time.time(),
+            stale_after=self._stale_after,
+        )
+
+    def _on_hw_sample(self, cpu: float, ram: float) -> None:
+        self._allocator.set("cpu", cpu)
+        self._allocator.set("ram", ram)
+        self._score_changed()
+
+    def _score_changed(self) -> None:
+        self._score_dirty.set()
+
+    # --- stats ----------------------------------------------------------------------
+
+    def stats(self) -> NodeStats:
+        """Every counter of the node, by service."""
+        assert self._roles is not None
+        return NodeStats(
+            name=self.name,
+            mode=self.get_node_status(),
+            ready=self.is_ready(),
+            wire=self._packets.stats(),
+            transport=self._transport.stats(),
+            runner=self._runner.stats(),
+            membership=self._core_swim.stats(),
+            store=self._store.stats(),
+            store_sync_ok=self._sync_ok,
+            store_sync_failed=self._sync_failed,
+            store_deltas_in=self._deltas_in,
+            store_deltas_bad=self._deltas_bad,
+            core=self._core.stats(),
+            beacon=self._beacon.stats(),
+            locator=self._locator.stats(),
+            roles=self._roles.stats(),
+            hwmon=self.hwmon.stats(),
+        )
+
+    # --- internals: membership glue -------------------------------------------------
+
+    def _other_online(self) -> list[str]:
+        return [n for n in self._core.online() if n != self.name]
+
+    def _beacon_members(self) -> Sequence[BeaconMember]:
+        online = set(self._core.online())
+        return [
+            BeaconMember(m.name, m.addr)
+            for m in self._runner.members()
+            if m.name in online and m.name != self.name
+        ]
+
+    def _addresses(self, names: Iterable[str]) -> list[Address]:
+        wanted = set(names)
+        return [m.addr for m in self._runner.members() if m.name in wanted]
+
+    async def _join(self, seeds: Sequence[Address]) -> bool:
+        ok = await self._runner.join(seeds)
+        if ok:
+            # Pull the cluster's state at once, so roles are planned on a full view.
+            for seed in seeds[:2]:
+                await self._store_sync(seed)
+        return ok
+
+    async def _follow_membership(self) -> None:
+        async with self._runner.subscribe(maxlen=65536) as events:
+            async for event in events:
+                self._on_member_event(event)
+
+    def _on_member_event(self, event: MemberEvent) -> None:
+        self._core.handle(event)
+        name = event.member.name
+        if name == self.name:
+            return
+        if event.kind in (MemberEventKind.DEAD, MemberEventKind.LEFT):
+            self._store.owner_departed(name)
+        elif event.kind in (MemberEventKind.JOINED, MemberEventKind.ALIVE):
+            self._store.owner_returned(name)
+        elif event.kind == MemberEventKind.REAPED:
+            self._store.remove_owner(name)
+
+    # --- internals: store replication -----------------------------------------------
+
+    def _disseminate(self, delta: Any, *, exclude: Address | None = None) -> None:
+        """Push a local write (or a relayed novelty) to a few random online members."""
+        if not delta:
+            return
+        payload: bytes = delta.payload if hasattr(delta, "payload") else delta
+        peers = [a for a in self._addresses(self._other_online()) if a != exclude]
+        if not peers:
+            return
+        message = StoreDelta(payload)
+        fits = encoded_size(message) <= self._packets.budget
+        for peer in self._rng.sample(peers, min(STORE_FANOUT, len(peers))):
+            if fits:
+                self._runner.send(peer, [message])
+            elif self._nursery is not None:
+                self._nursery.start_soon(self._store_sync, peer)
+        self._roles_notify()
+
+    def _roles_notify(self) -> None:
+        if self._roles is not None:
+            self._roles.notify()
+
+    def _on_store_delta(self, source: Address, message: Message) -> None:
+        assert isinstance(message, StoreDelta)
+        self._deltas_in += 1
+        try:
+            changes = self._store.merge(message.payload)
+        except (CodecError, StoreError) as exc:
+            self._deltas_bad += 1
+            logger.debug("bad store delta from %s: %s", source, exc)
+            return
+        if changes:
+            self._disseminate(message.payload, exclude=source)
+
+    async def _store_sync(self, peer: Address) -> bool:
+        """One anti-entropy exchange with *peer* (this node opens)."""
+        request: Message = StoreSyncRequest(self._store.digest())
+        channel: FrameChannel | None = None
+        try:
+            with trio.fail_after(self._params.stream_timeout):
+                stream = await self._transport.connect(
+                    peer, timeout=self.config.connect_timeout * 4
+                )
+                channel = FrameChannel(
+                    stream,
+                    self._keyring,
+                    max_frame=self.config.max_frame,
+                    read_timeout=self._params.stream_timeout,
+                )
+                await channel.send(request)
+                for _ in range(STORE_SYNC_ROUNDS):
+                    reply = await channel.receive()
+                    if not isinstance(reply, StoreSyncReply):
+                        raise CodecError(f"expected StoreSyncReply, got {type(reply).__name__}")
+                    if reply.delta:
+                        self._merge_synced(reply.delta)
+                    if not reply.digest:
+                        break
+                    answer = self._store.reconcile(reply.digest)
+                    await channel.send(StoreSyncReply(answer.delta, answer.digest, answer.more))
+                    if not answer.digest:
+                        break
+            self._sync_ok += 1
+            return True
+        except (BeethovenError, OSError, trio.TooSlowError, trio.BrokenResourceError,
+                trio.ClosedResourceError, trio.EndOfChannel) as exc:  # fmt: skip
+            self._sync_failed += 1
+            logger.debug("store sync with %s failed: %r", peer, exc)
+            return False
+        finally:
+            if channel is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await channel.aclose()
+
+    def _merge_synced(self, delta: bytes) -> None:
+        try:
+            if self._store.merge(delta):
+                self._roles_notify()
+        except (CodecError, StoreError) as exc:
+            self._deltas_bad += 1
+            logger.debug("bad store sync delta: %s", exc)
+
+    async def _serve_store_sync(self, channel: FrameChannel, peer: Address, first: Message) -> None:
+        assert isinstance(first, StoreSyncRequest)
+        try:
+            message: StoreSyncRequest | StoreSyncReply = first
+            for _ in range(STORE_SYNC_ROUNDS):
+                digest = message.digest
+                if isinstance(message, StoreSyncReply) and message.delta:
+                    self._merge_synced(message.delta)
+                if not digest:
+                    return
+                answer = self._store.reconcile(digest)
+                await channel.send(StoreSyncReply(answer.delta, answer.digest, answer.more))
+                if not answer.digest:
+                    return
+                received = await channel.receive()
+                if not isinstance(received, StoreSyncReply):
+                    return
+                message = received
+            return
+        except (CodecError, StoreError) as exc:
+            self._deltas_bad += 1
+            logger.debug("bad store sync from %s: %s", peer, exc)
+
+    async def _anti_entropy(self) -> NoReturn:
+        while True:
+            await trio.sleep(STORE_SYNC_INTERVAL * (0.5 + self._rng.random()))
+            peers = self._addresses(self._other_online())
+            if peers:
+                await self._store_sync(self._rng.choice(peers))
+
+    async def _gc_loop(self) -> NoReturn:
+        while True:
+            await trio.sleep(STORE_GC_INTERVAL)
+            try:
+                self._store.gc()
+            except StoreError:
+                logger.exception("store GC failed")
+
+    async def _publish_score(self) -> NoReturn:
+        """Publish the score when it changes (at most every second) and periodically."""
+        refresh = max(1.0, self._stale_after / 3)
+        while True:
+            with trio.move_on_after(refresh):
+                await self._score_dirty.wait()
+            self._score_dirty = trio.Event()
+            value = {"s": self._allocator.score(), "t": time.time()}
+            self._disseminate(self._store.put_own(_SCORE_KEY, value, volatile=True))
+            await trio.sleep(SCORE_MIN_INTERVAL)
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    _nursery: trio.Nursery | None = None
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        record = {
+            "addr": str(self.address),
+            "tags": list(self.config.tags),
+            "version": __version__,
+            "started": time.time(),
+        }
+        self._store.put_own(_NODE_KEY, record)
+        await nursery.start(self._store.run)
+        nursery.start_soon(self._follow_membership)
+        await nursery.start(self._runner.run)
+        await nursery.start(self.hwmon.run)
+        nursery.start_soon(self._publish_score)
+        nursery.start_soon(self._anti_entropy)
+        nursery.start_soon(self._gc_loop)
+        nursery.start_soon(self._bootstrap, nursery)
+
+    async def _bootstrap(self, nursery: trio.Nursery) -> None:
+        """Discovery, then the first role plan, then ready (in the background)."""
+        mode = await nursery.start(self._locator.run)
+        logger.info("node %s at %s: discovery finished (%s)", self.name, self.address, mode)
+        self._discovered.set()
+        assert self._roles is not None
+        await nursery.start(self._roles.run)
+        await self._roles.planned_once.wait()
+        self._ready.set()
+
+    async def _stop(self) -> None:
+        assert self._roles is not None
+        with trio.move_on_after(LEAVE_TIMEOUT) as scope:
+            scope.shield = True
+            await self._roles.stop_all()
+            await self._runner.leave(linger=min(1.0, 4 * self._params.gossip_interval))
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._store.flush()
+        except StoreError:
+            logger.exception("final store flush failed")
+
+
+def _membership_params(config: Config) -> SwimParams:
+    params = SwimParams.preset(config.preset)
+    overrides = dict(config.membership)
+    if config.reap_after != attrs.fields(Config).reap_after.default:
+        overrides.setdefault("reap_after", config.reap_after)
+    overrides.setdefault("udp_payload", config.max_payload)
+    known = {f.name: f for f in attrs.fields(SwimParams)}
+    values: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ConfigError(
+                f"membership.{key}: unknown parameter (known: {', '.join(sorted(known))})"
+            )
+        default = getattr(params, key)
+        if isinstance(default, bool):
+            values[key] = bool(value)
+        elif isinstance(default, int):
+            if not float(value).is_integer():
+                raise ConfigError(f"membership.{key}: expected a whole number, got {value!r}")
+            values[key] = int(value)
+        else:
+            values[key] = float(value)
+    try:
+        return attrs.evolve(params, **values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"membership: {exc}") from None
+
+
+def _keyring(config: Config) -> Keyring | None:
+    if not config.keys:
+        return None
+    try:
+        return Keyring.from_strings(config.keys)
+    except ConfigError as exc:
+        raise ConfigError(f"keys: {exc}") from None
+
+
+@asynccontextmanager
+async def open_node(
+    config: Config | None = None,
+    *,
+    roles: Sequence[Role] = (),
+    network: MemoryNetwork | None = None,
+    seed: int | None = None,
+    hw_sampler: Callable[[], tuple[float, float]] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[Node]:
+    """Start a node and yield it once it serves; leave the cluster on exit.
+
+    Args:
+        config: the configuration; ``None`` builds one from the environment and
+            *overrides* (see `load_config`).
+        roles: roles to run in addition to ``config.roles``.
+        network: attach to this in-memory network instead of real sockets (tests,
+            simulations); the node binds ``config.bind:config.port`` on it.
+        seed: seed of the node's random choices (reproducible tests).
+        hw_sampler: replaces psutil as the CPU/RAM source (tests).
+        **overrides: config keys, applied over *config*.
+
+    Yields:
+        The running `Node` (not necessarily ready: see `Node.wait_ready`).
+
+    Raises:
+        ConfigError: any bad setting — an unknown key, a bad value, a bad role, a
+            network too large to sweep, an unknown store scheme. Nothing has
+            started when it is raised.
+        BeethovenError: a service failed while the node ran.
+    """
+    if config is None:
+        config = load_config(**overrides)
+    elif overrides:
+        config = attrs.evolve(config, **overrides)
+    if roles:
+        config = attrs.evolve(config, roles=(*config.roles, *roles))
+    params = _membership_params(config)
+    keyring = _keyring(config)
+    LocatorSettings.from_config(config)  # validates cluster_net against max_sweep_hosts
+    name = config.node_name
+    try:
+        store = open_store(config.store, owner=name)
+    except StoreError as exc:
+        raise ConfigError(f"store: {exc}") from None
+    rng = random.Random(seed if seed is not None else int.from_bytes(os.urandom(8), "big"))
+    try:
+        bind = Address(config.bind, config.port)
+        advertise = (
+            parse_address(config.advertise, default_port=config.port) if config.advertise else None
+        )
+        async with _open_transport(bind, advertise, network) as transport:
+            node = Node(
+                config,
+                store=store,
+                transport=transport,
+                keyring=keyring,
+                params=params,
+                rng=rng,
+                sampler=hw_sampler,
+            )
+            async with _node_nursery(node) as nursery:
+                await node._start(nursery)
+                try:
+                    yield node
+                finally:
+                    await node._stop()
+    finally:
+        store.close()
+
+
+@asynccontextmanager
+async def _open_transport(
+    bind: Address, advertise: Address | None, network: MemoryNetwork | None
+) -> AsyncIterator[Transport]:
+    if network is not None:
+        async with network.attach(bind) as memory:
+            yield memory
+    else:
+        async with open_udp_tcp_transport(bind, advertise=advertise) as udp:
+            yield udp
+
+
+@asynccontextmanager
+async def _node_nursery(node: Node) -> AsyncIterator[trio.Nursery]:
+    """A nursery whose body exceptions come out unwrapped, service failures wrapped."""
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                yield nursery
+            except BaseException as exc:
+                body_error = exc
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if body_error is not None:
+            rest = group.split(lambda e: e is body_error or isinstance(e, trio.Cancelled))[1]
+            if rest is not None:
+                logger.error("node %s: services failed while the body raised: %r", node.name, rest)
+            raise body_error from None
+        failures = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+        if len(failures) == 1 and isinstance(failures[0], BeethovenError):
+            raise failures[0] from None
+        raise BeethovenError(f"node {node.name}: a service failed: {failures!r}") from group
