@@ -246,7 +246,8 @@ class _View:
 
     def publish_holding(self, role: str, epoch: int) -> None:
         node = self._node
-        node._disseminate(node._store.put_own(("hold", role), {"epoch": epoch}))
+        holding = {"epoch": epoch, "gen": node._generation}
+        node._disseminate(node._store.put_own(("hold", role), holding))
         node._allocator.set("roles", len(node._roles.hosting()) if node._roles else 0)
         node._score_changed()
 
@@ -280,10 +281,11 @@ class Node:
         self.address = transport.local_address
         self._params = params
         self._packets = PacketCodec(keyring, max_payload=config.max_payload)
+        self._generation = store.clock.now()
         self._core_swim = SwimCore(
             name=self.name,
             addr=self.address,
-            generation=store.clock.now(),
+            generation=self._generation,
             rng=random.Random(rng.getrandbits(64)),
             size_of=encoded_size,
             params=params,
@@ -408,12 +410,20 @@ class Node:
     # --- roles ----------------------------------------------------------------------
 
     def _holders(self, role: str) -> dict[str, int]:
+        """Online members holding *role* in their current life: node → epoch.
+
+        A holding carries the membership generation of the life that took it, so a
+        node that crashed and came back under the same name is not counted as a
+        holder on the strength of its previous life's holding (which peers may
+        still keep until the new life's keyspace replaces it).
+        """
         online = set(self._core.online())
+        lives = {m.name: m.generation for m in self._runner.members() if m.name in online}
         holders: dict[str, int] = {}
         for owner, value in self._store.values_of(("hold", role)).items():
-            if owner in online and isinstance(value, dict):
-                epoch = value.get("epoch")
-                if isinstance(epoch, int):
+            if owner in lives and isinstance(value, dict):
+                epoch, gen = value.get("epoch"), value.get("gen")
+                if isinstance(epoch, int) and gen == lives[owner]:
                     holders[owner] = epoch
         return holders
 
@@ -436,14 +446,31 @@ class Node:
     # --- allocator ------------------------------------------------------------------
 
     def signal(
-        self, name: str, weight: float = 1.0, type: SignalType | str = SignalType.COUNT
+        self,
+        name: str,
+        weight: float | None = None,
+        type: SignalType | str | None = None,
     ) -> SignalHandle:
-        """Register (or get) an allocator signal of this node.
+        """Register an allocator signal of this node, or get the registered one.
+
+        Args:
+            name: the signal name.
+            weight: its weight (default 1.0 for a new signal).
+            type: ``"count"`` (default for a new signal), ``"percent"`` or
+                ``"pre_processed"``.
 
         Raises:
-            ConfigError: *name* is registered with another weight or type.
+            ConfigError: *name* is registered with another weight or type than
+                the ones given.
         """
-        return SignalHandle(self, self._allocator.register(name, weight, type))
+        existing = {s.name: s for s in self._allocator.signals()}.get(name)
+        if existing is not None:
+            weight = existing.weight if weight is None else weight
+            type = existing.type if type is None else type
+        signal = self._allocator.register(
+            name, 1.0 if weight is None else weight, SignalType.COUNT if type is None else type
+        )
+        return SignalHandle(self, signal)
 
     def score(self) -> float:
         """This node's current allocator score."""

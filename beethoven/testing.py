@@ -1,0 +1,227 @@
+"""Helpers for testing code that embeds Beethoven: a whole cluster in one process.
+
+`open_cluster` starts *n* nodes on an in-memory network (see
+`beethoven.transport.memory.MemoryNetwork`), so a test can crash, restart and
+partition nodes deterministically, under ``trio.testing.MockClock``::
+
+    async def test_failover(autojump_clock):
+        async with open_cluster(3, roles=[Role("solo", 1, work)]) as cluster:
+            await cluster.wait_ready()
+            (holder,) = cluster.node("n0").whois_hosting("solo")
+            await cluster.crash(holder)
+            survivor = cluster.nodes()[0]
+            await cluster.wait_for(lambda: survivor.whois_hosting("solo") not in ([], [holder]))
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from beethoven.address import Address
+from beethoven.config import Config
+from beethoven.node import Node, open_node
+from beethoven.roles import Role
+from beethoven.transport.memory import MemoryNetwork
+
+__all__ = ["Cluster", "open_cluster"]
+
+PORT = 33000
+
+
+def _address(index: int) -> Address:
+    return Address(f"10.0.{index // 250}.{index % 250 + 1}", PORT)
+
+
+@attrs.define
+class _Slot:
+    index: int
+    config: Config
+    scope: trio.CancelScope | None = None
+    node: Node | None = None
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+class Cluster:
+    """A set of nodes on one `MemoryNetwork`, addressed by name (``n0``, ``n1``, …)."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        network: MemoryNetwork,
+        *,
+        seed: int,
+        hw_sampler: Callable[[], tuple[float, float]],
+    ) -> None:
+        self.network = network
+        self._nursery = nursery
+        self._seed = seed
+        self._sampler = hw_sampler
+        self._slots: dict[str, _Slot] = {}
+        self._boots = 0
+
+    # --- membership of the harness --------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Every node name the harness knows (running or not)."""
+        return list(self._slots)
+
+    def running(self) -> list[str]:
+        """Names of the nodes that run now."""
+        return [name for name, slot in self._slots.items() if slot.node is not None]
+
+    def node(self, name: str) -> Node:
+        """The running node called *name*."""
+        node = self._slots[name].node
+        if node is None:
+            raise KeyError(f"node {name!r} is not running")
+        return node
+
+    def nodes(self) -> list[Node]:
+        """Every running node."""
+        return [s.node for s in self._slots.values() if s.node is not None]
+
+    def address(self, name: str) -> Address:
+        """The network address of *name*."""
+        return _address(self._slots[name].index)
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def add(self, name: str, config: Config) -> None:
+        """Declare a node (not started)."""
+        self._slots[name] = _Slot(len(self._slots), config)
+
+    async def start(self, name: str) -> Node:
+        """Start (or restart) node *name*; returns once it serves."""
+        slot = self._slots[name]
+        if slot.node is not None:
+            raise RuntimeError(f"node {name!r} already runs")
+        address = self.address(name)
+        if self.network.is_crashed(address):
+            self.network.recover(address)
+        slot.done = trio.Event()
+        self._boots += 1
+        seed = self._seed * 100_003 + self._boots
+
+        async def run(*, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                with trio.CancelScope() as scope:
+                    slot.scope = scope
+                    async with open_node(
+                        slot.config, network=self.network, seed=seed, hw_sampler=self._sampler
+                    ) as node:
+                        slot.node = node
+                        task_status.started(node)
+                        await trio.sleep_forever()
+            finally:
+                slot.node = None
+                slot.scope = None
+                slot.done.set()
+
+        node: Node = await self._nursery.start(run)
+        return node
+
+    async def crash(self, name: str) -> None:
+        """Kill *name* like ``kill -9``: it goes silent at once, nothing is said."""
+        slot = self._slots[name]
+        self.network.crash(self.address(name))
+        if slot.scope is not None:
+            slot.scope.cancel()
+        await slot.done.wait()
+
+    async def stop(self, name: str) -> None:
+        """Stop *name* gracefully (it leaves the cluster)."""
+        slot = self._slots[name]
+        if slot.scope is not None:
+            slot.scope.cancel()
+        await slot.done.wait()
+
+    def partition(self, label: str, side_a: Iterable[str], side_b: Iterable[str]) -> None:
+        """Cut the network between two groups of nodes (heal with `heal`)."""
+        self.network.partition(
+            label, [self.address(n) for n in side_a], [self.address(n) for n in side_b]
+        )
+
+    def heal(self, label: str) -> None:
+        """Remove the partition called *label*."""
+        self.network.heal(label)
+
+    # --- waiting --------------------------------------------------------------------
+
+    async def wait_ready(self) -> None:
+        """Wait until every running node is ready (bound it with ``trio.fail_after``)."""
+        for node in self.nodes():
+            await node.wait_ready()
+
+    async def wait_for(self, condition: Callable[[], bool], *, step: float = 0.05) -> None:
+        """Wait until *condition* holds, checking every *step* seconds of (virtual) time.
+
+        Bound it with ``trio.fail_after``.
+        """
+        while not condition():  # noqa: ASYNC110 - a predicate over cluster state
+            await trio.sleep(step)
+
+    def converged(self) -> bool:
+        """True when every running node sees exactly the running nodes online."""
+        running = sorted(self.running())
+        return all(n.get_active_cluster_nodes() == running for n in self.nodes())
+
+
+@asynccontextmanager
+async def open_cluster(
+    n: int,
+    *,
+    roles: Sequence[Role] = (),
+    network: MemoryNetwork | None = None,
+    seed: int = 0,
+    discovery: str = "seeds",
+    hw_sampler: Callable[[], tuple[float, float]] = lambda: (10.0, 30.0),
+    **config: Any,
+) -> AsyncIterator[Cluster]:
+    """Start *n* nodes (``n0`` … ``n{n-1}``) on an in-memory network.
+
+    Args:
+        n: number of nodes.
+        roles: roles every node declares.
+        network: the network to use (a new seeded one by default).
+        seed: seed of the network and of every node's random choices.
+        discovery: ``"seeds"`` (every node joins through ``n0``) or ``"sweep"``
+            (nodes find each other by sweeping a network that holds them all).
+        hw_sampler: the CPU/RAM reading every node uses (psutil is not read).
+        **config: further `Config` keys for every node (``preset="local"``, …).
+
+    Yields:
+        The running cluster; leaving the block stops every node.
+    """
+    if discovery not in ("seeds", "sweep"):
+        raise ValueError("discovery must be 'seeds' or 'sweep'")
+    if discovery == "sweep" and n > 250:
+        raise ValueError("sweep discovery puts every node in 10.0.0.0/24: at most 250 nodes")
+    net = network if network is not None else MemoryNetwork(seed=seed)
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(nursery, net, seed=seed, hw_sampler=hw_sampler)
+        for i in range(n):
+            address = _address(i)
+            settings: dict[str, Any] = {
+                "name": f"n{i}",
+                "bind": address.host,
+                "port": PORT,
+                "roles": tuple(roles),
+                "cluster_net": ("10.0.0.0/24",),
+            }
+            if discovery == "seeds":
+                # n0 sweeps only itself (so starts standalone at once); the rest join it.
+                settings["cluster_net"] = (f"{_address(0).host}/32",)
+                settings["seeds"] = (str(_address(0)),) if i else ()
+            settings.update(config)
+            cluster.add(f"n{i}", Config(**settings))
+        for name in cluster.names():
+            await cluster.start(name)
+        try:
+            yield cluster
+        finally:
+            nursery.cancel_scope.cancel()
