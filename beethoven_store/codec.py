@@ -390,8 +390,6 @@ def decode_delta(data: bytes) -> DeltaParts:
         for ent in _tuple(ents, None, "lww entries"):
             key, hlc, seq, raw = _tuple(ent, 4, "lww entry")
             r, v = _raw(raw)
-            lentries.append(
-                LwwEntry(_decode_key(key), _int(hlc, "hlc"), w, _int(seq, "seq"), r, v)
-            )
+            lentries.append(LwwEntry(_decode_key(key), _int(hlc, "hlc"), w, _int(seq, "seq"), r, v))
         writers.append(WriterChunk(w, decode_cover(cov), tuple(lentries)))
     return DeltaParts(tuple(owners), tuple(markers), tuple(writers), top[1])

@@ -273,10 +273,15 @@ class Marker:
 
     def joined(self, other: Marker) -> Marker:
         """Return the larger marker by ``(generation, removed_hlc)``."""
-        return self if (self.generation, self.removed_hlc) >= (
-            other.generation,
-            other.removed_hlc,
-        ) else other
+        return (
+            self
+            if (self.generation, self.removed_hlc)
+            >= (
+                other.generation,
+                other.removed_hlc,
+            )
+            else other
+        )
 
 
 @attrs.frozen
@@ -713,6 +718,23 @@ class OwnerMap:
             st.purge_through(chunk.gc)
         return True
 
+    def adopt_gc(self, chunk: OwnerChunk) -> bool:
+        """Take only the GC point from a chunk about a keyspace we own.
+
+        The owner ignores peers' data about its own keyspace but follows their GC
+        point (purging tombstones is always safe: peers behind it get a reset), so
+        digests converge.
+
+        Returns:
+            Whether tombstones were purged or ``gc`` advanced.
+        """
+        st = self.owners.get(chunk.owner)
+        if st is None or st.generation != chunk.generation or chunk.gc <= st.gc:
+            return False
+        before = st.gc
+        st.purge_through(chunk.gc)
+        return st.gc != before
+
     def apply_marker(self, owner: str, marker: Marker, sink: OwnedSink | None = None) -> bool:
         """Join a removal marker; drops the owner's state if it is not newer.
 
@@ -739,16 +761,12 @@ class OwnerMap:
             self.apply_marker(owner, mk)
         for owner, st in other.owners.items():
             self.apply_chunk(
-                OwnerChunk(
-                    owner, st.generation, st.gc, True, st.cover, tuple(st.entries.values())
-                )
+                OwnerChunk(owner, st.generation, st.gc, True, st.cover, tuple(st.entries.values()))
             )
 
     # ---- anti-entropy
 
-    def chunk_for(
-        self, owner: str, peer: tuple[int, int, Cover] | None
-    ) -> OwnerChunk | None:
+    def chunk_for(self, owner: str, peer: tuple[int, int, Cover] | None) -> OwnerChunk | None:
         """Return what a peer with ``peer = (generation, gc, cover)`` lacks of ``owner``.
 
         A reset (whole state) when the peer is behind our GC point, else an

@@ -423,6 +423,10 @@ class Store:
                 if e.version > ceiling:
                     del st.entries[key]
             st.purge_through(ceiling)
+            # Re-issue the surviving entries above the ceiling: a peer may hold a
+            # lost newer write of the same key, which must not outrank them.
+            for e in sorted(st.entries.values(), key=lambda e: e.version):
+                self.om.write(self.owner, e.key, e.raw, e.value, self._clock.now())
             self._version_ceiling = ceiling
         # A writer without a persisted cover (memory backend, fresh file) may have
         # had a former life: number its LWW writes above anything that life used
@@ -713,6 +717,8 @@ class Store:
             if oc.owner == self.owner:
                 if oc.generation > self.generation:
                     self._own_conflict(oc.generation)
+                elif om.adopt_gc(oc) and durable:
+                    self._dirty_owners.add(self.owner)
                 continue
             mx = max((e.hlc for e in oc.entries), default=0)
             if mx and clock.update(mx) is None:

@@ -231,9 +231,7 @@ def decode_digest(data: bytes) -> tuple[bytes, bytes] | Detail:
 
 def differing_buckets(mine: list[int], blob: bytes) -> list[int]:
     """Return the bucket numbers whose hashes differ from a peer's summary blob."""
-    return [
-        i for i in range(BUCKETS) if mine[i].to_bytes(8, "big") != blob[8 * i : 8 * i + 8]
-    ]
+    return [i for i in range(BUCKETS) if mine[i].to_bytes(8, "big") != blob[8 * i : 8 * i + 8]]
 
 
 class _Budget:
@@ -381,4 +379,3 @@ def delta_since(
 def full_state(om: OwnerMap, lww: LWWMap) -> bytes:
     """Return the deterministic encoding of a whole replica (a delta from nothing)."""
     return delta_since(om, lww, None, None)[0] or codec.assemble_delta([], [], [], False)
-

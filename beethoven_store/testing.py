@@ -31,8 +31,16 @@ __all__ = ["BackendContract", "random_batches"]
 
 
 def _row(space: int, owner: str, key: bytes, version: int, value: bytes | None = b"v") -> Row:
-    return Row(space, owner, key, version, version << 16, "" if space else owner, value,
-               None if value is not None else version << 16)
+    return Row(
+        space,
+        owner,
+        key,
+        version,
+        version << 16,
+        "" if space else owner,
+        value,
+        None if value is not None else version << 16,
+    )
 
 
 def random_batches(seed: int, n: int = 30) -> list[Batch]:
@@ -58,7 +66,11 @@ def random_batches(seed: int, n: int = 30) -> list[Batch]:
             ups.append(_row(space, owner, key, version, value))
         for _ in range(rnd.randint(0, 2)):
             dels.append(
-                (rnd.choice((0, 1)), rnd.choice(("a", "b", "")), bytes([0x91, 0xA1, 0x61 + rnd.randint(0, 3)]))
+                (
+                    rnd.choice((0, 1)),
+                    rnd.choice(("a", "b", "")),
+                    bytes([0x91, 0xA1, 0x61 + rnd.randint(0, 3)]),
+                )
             )
         for _ in range(rnd.randint(0, 2)):
             k = f"m/{rnd.randint(0, 3)}"
@@ -99,7 +111,8 @@ class BackendContract:
         """The backend satisfies the runtime-checkable protocol and declares a scheme."""
         with self._fresh(tmp_path) as b:
             assert isinstance(b, Backend)
-            assert isinstance(type(b).scheme, str) and type(b).scheme
+            assert isinstance(type(b).scheme, str)
+            assert type(b).scheme
             assert type(b).durable is self.durable
 
     def test_empty_load(self, tmp_path: pathlib.Path) -> None:
