@@ -786,12 +786,12 @@ class Store:
     def digest(self) -> bytes:
         """Return the opening digest for anti-entropy (``StoreSyncRequest.digest``).
 
-        A detail digest of every item for small clusters, else a 2 KiB summary
-        (root and 256 bucket hashes); answer either with :meth:`reconcile`.
+        A detail digest of every item for small clusters (≤ 64 owners and
+        writers), else the 8-byte root hash; answer either with :meth:`reconcile`.
         """
         if sync.item_count(self.om, self.lww) <= sync.SMALL_DIGEST_ITEMS:
             return sync.detail_digest(self.om, self.lww, stage=1)
-        return sync.summary_digest(self.om, self.lww)
+        return sync.root_digest(self.om, self.lww)
 
     def full_digest(self) -> bytes:
         """Return a detail digest of every item (the flat ``owner → cover`` form)."""
@@ -802,22 +802,22 @@ class Store:
 
         Args:
             digest: A detail digest (:meth:`full_digest`, or one received while
-                reconciling); for a summary digest use :meth:`reconcile`.
-            budget_bytes: Soft size cap (default ``config.budget_bytes``; ``0`` or
-                ``None`` from config means unlimited). A cut delta is a valid prefix:
-                applying it never removes anything the receiver holds.
+                reconciling); for root and summary digests use :meth:`reconcile`.
+            budget_bytes: Soft size cap (default ``config.budget_bytes``; a value
+                ≤ 0 means unlimited). A cut delta is a valid prefix: applying it
+                never removes anything the receiver holds.
 
         Returns:
             The encoded delta, ``b""`` if the peer lacks nothing.
 
         Raises:
             beethoven.errors.CodecError: If ``digest`` is malformed.
-            StoreError: If ``digest`` is a summary.
+            StoreError: If ``digest`` is a root or summary digest.
         """
         d = sync.decode_digest(digest)
         if not isinstance(d, sync.Detail):
             raise StoreError(
-                "delta_since() needs a detail digest; answer summaries with reconcile()"
+                "delta_since() needs a detail digest; answer root/summary digests with reconcile()"
             )
         out, _ = sync.delta_since(self.om, self.lww, d, self._budget(budget_bytes))
         self._delta_bytes += len(out)
@@ -830,34 +830,38 @@ class Store:
     def reconcile(self, digest: bytes, budget_bytes: int | None = None) -> SyncReply:
         """Answer a peer's digest; the result maps 1:1 to ``StoreSyncReply``.
 
-        Protocol (A opens, B answers; every reply is merged, then its ``digest``,
-        if any, is answered with ``reconcile`` again)::
+        Protocol (A opens, B answers; each side merges every reply's ``delta``,
+        then answers its ``digest``, if any, with ``reconcile`` again)::
 
-            A → B  StoreSyncRequest(A.digest())
-            B → A  reconcile(summary)  = (b"", B's detail of differing buckets)
-            A → B  reconcile(detail/1) = (delta for B, A's detail of the same buckets)
-            B → A  reconcile(detail/2) = (delta for A, b"")
+            A → B  StoreSyncRequest(A.digest())          root (8 bytes)
+            B → A  reconcile(root)    = (b"", B's summary)        done if roots match
+            A → B  reconcile(summary) = (b"", A's detail of the differing buckets)
+            B → A  reconcile(detail)  = (delta for A, B's partial detail: what differs)
+            A → B  reconcile(partial) = (delta for B, b"")
 
-        With a small cluster ``digest()`` is already a detail and the first step
-        is skipped. ``more=True`` means a delta was cut at the budget: run another
-        round soon.
+        With few items ``digest()`` is already a detail and the first two steps
+        are skipped. ``more=True`` means a delta was cut at the budget: run
+        another round soon.
 
         Raises:
             beethoven.errors.CodecError: If ``digest`` is malformed.
         """
         d = sync.decode_digest(digest)
-        if not isinstance(d, sync.Detail):
-            _root, blob = d
-            mine = sync.bucket_hashes(self.om, self.lww)
-            diff = sync.differing_buckets(mine, blob)
+        om, lww = self.om, self.lww
+        if isinstance(d, sync.Root):
+            if d.root == sync.root_hash(om, lww):
+                return SyncReply()
+            return SyncReply(digest=sync.summary_digest(om, lww))
+        if isinstance(d, sync.Summary):
+            diff = sync.differing_buckets(sync.bucket_hashes(om, lww), d)
             if not diff:
                 return SyncReply()
-            return SyncReply(digest=sync.detail_digest(self.om, self.lww, scope=diff, stage=1))
-        delta, more = sync.delta_since(self.om, self.lww, d, self._budget(budget_bytes))
+            return SyncReply(digest=sync.detail_digest(om, lww, scope=diff, stage=1))
+        delta, more = sync.delta_since(om, lww, d, self._budget(budget_bytes))
         self._delta_bytes += len(delta)
         reply_digest = b""
         if d.stage == 1:
-            reply_digest = sync.detail_digest(self.om, self.lww, scope=d.scope, stage=2)
+            reply_digest = sync.partial_detail_digest(om, lww, d)
         return SyncReply(delta=delta, digest=reply_digest, more=more)
 
     def full_state(self) -> bytes:

@@ -4,16 +4,23 @@ A digest describes what a replica holds without the data:
 
 * an *item* per owner ``(generation, gc, cover)`` (or its removal marker) and per
   LWW writer ``(cover)``;
-* items fall into 256 buckets by a hash of their name; a bucket hash is the XOR of
-  its items' hashes and the root hash covers all 256 bucket hashes.
+* items fall into 1 024 buckets by a hash of their name; a bucket hash is the XOR
+  of its items' 64-bit hashes, and the root hash covers all bucket hashes.
 
-A **summary** digest carries the root and the bucket hashes (2 KiB whatever the
-cluster size); a **detail** digest carries the items of a set of buckets (or of
-all of them). ``delta_since(detail, budget)`` returns, per owner and writer, what
-the peer lacks, cut at ``budget`` bytes so that the cut delta is still a valid
-prefix (it never makes the receiver delete anything it holds). Only a reset
-(an owner's whole state, sent when the peer is behind our GC point) is atomic
-and may exceed the budget when it is the first part of a reply.
+Three digest kinds, from small to large:
+
+* **root** — the 8-byte root hash: all a quiet cluster exchanges;
+* **summary** — 16 bits per bucket (2 KiB): enough to find the differing buckets
+  (a collision is caught by the root, which then widens the scope to all buckets);
+* **detail** — the items of a set of buckets (or all). A *partial* detail lists
+  only the items that differ from the peer's previous detail (an item the sender
+  lacks is listed as generation 0 / empty cover); unlisted items in scope are equal.
+
+``delta_since(detail, budget)`` returns, per owner and writer, what the peer
+lacks, cut at ``budget`` bytes so that the cut delta is still a valid prefix (it
+never makes the receiver delete anything it holds). Only a reset (an owner's
+whole state, sent when the peer is behind our GC point) is atomic and may exceed
+the budget when it is the first part of a reply.
 
 All functions here are pure (no I/O).
 """
@@ -43,6 +50,8 @@ __all__ = [
     "BUCKETS",
     "SMALL_DIGEST_ITEMS",
     "Detail",
+    "Root",
+    "Summary",
     "SyncReply",
     "bucket_hashes",
     "bucket_of",
@@ -52,28 +61,35 @@ __all__ = [
     "differing_buckets",
     "full_state",
     "item_count",
+    "partial_detail_digest",
+    "root_digest",
+    "root_hash",
     "summary_digest",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Number of digest buckets.
-BUCKETS = 256
-#: Up to this many items a replica sends a detail digest straight away.
+BUCKETS = 1024
+#: Up to this many items a replica opens with a detail digest straight away.
 SMALL_DIGEST_ITEMS = 64
 
 _KIND_SUMMARY = 0
 _KIND_DETAIL = 1
+_KIND_ROOT = 2
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
 _bucket_cache: dict[tuple[int, str], int] = {}
 
+OwnerItem = tuple[int, int, Cover, bool]
+
 
 def bucket_of(space: int, name: str) -> int:
-    """Return the digest bucket (0–255) of an owner (space 0) or writer (space 1)."""
+    """Return the digest bucket of an owner (space 0) or writer (space 1)."""
     b = _bucket_cache.get((space, name))
     if b is None:
-        b = hashlib.blake2b(bytes((space,)) + name.encode(), digest_size=1).digest()[0]
+        h = hashlib.blake2b(bytes((space,)) + name.encode(), digest_size=2).digest()
+        b = int.from_bytes(h, "big") % BUCKETS
         if len(_bucket_cache) < 100_000:
             _bucket_cache[(space, name)] = b
     return b
@@ -95,19 +111,36 @@ class SyncReply:
 
 
 @attrs.frozen
+class Root:
+    """A decoded root digest."""
+
+    root: bytes
+
+
+@attrs.frozen
+class Summary:
+    """A decoded summary digest: the root and 16 bits per bucket."""
+
+    root: bytes
+    buckets: bytes
+
+
+@attrs.frozen
 class Detail:
     """A decoded detail digest.
 
     Attributes:
-        stage: 1 = "answer with a delta and your own detail", 2 = "answer with a delta".
+        stage: 1 = "answer with a delta and your partial detail", 2 = "answer with a delta".
+        partial: Unlisted items in scope are equal to the receiver's.
         scope: Bucket numbers described, or ``None`` for all.
         owners: ``owner → (generation, gc, cover, removed)``.
         writers: ``writer → cover``.
     """
 
     stage: int
+    partial: bool
     scope: frozenset[int] | None
-    owners: dict[str, tuple[int, int, Cover, bool]]
+    owners: dict[str, OwnerItem]
     writers: dict[str, Cover]
 
     def in_scope(self, space: int, name: str) -> bool:
@@ -115,7 +148,7 @@ class Detail:
         return self.scope is None or bucket_of(space, name) in self.scope
 
 
-def _owner_items(om: OwnerMap) -> Iterable[tuple[str, tuple[int, int, Cover, bool]]]:
+def _owner_items(om: OwnerMap) -> Iterable[tuple[str, OwnerItem]]:
     for o, st in om.owners.items():
         yield o, (st.generation, st.gc, st.cover, False)
     for o, mk in om.markers.items():
@@ -123,7 +156,7 @@ def _owner_items(om: OwnerMap) -> Iterable[tuple[str, tuple[int, int, Cover, boo
             yield o, (mk.generation, 0, (), True)
 
 
-def _item_bytes_owner(name: str, item: tuple[int, int, Cover, bool]) -> Any:
+def _item_bytes_owner(name: str, item: OwnerItem) -> Any:
     return (name, item[0], item[1], codec.encode_cover(item[2]), item[3])
 
 
@@ -132,7 +165,7 @@ def _hash(b: bytes) -> int:
 
 
 def bucket_hashes(om: OwnerMap, lww: LWWMap) -> list[int]:
-    """Return the 256 bucket hashes of a replica."""
+    """Return the 64-bit bucket hashes of a replica."""
     out = [0] * BUCKETS
     for o, item in _owner_items(om):
         out[bucket_of(0, o)] ^= _hash(b"\x00" + _pack(_item_bytes_owner(o, item)))
@@ -141,17 +174,40 @@ def bucket_hashes(om: OwnerMap, lww: LWWMap) -> list[int]:
     return out
 
 
+def _root(hashes: list[int]) -> bytes:
+    blob = b"".join(h.to_bytes(8, "big") for h in hashes)
+    return hashlib.blake2b(blob, digest_size=8).digest()
+
+
 def item_count(om: OwnerMap, lww: LWWMap) -> int:
     """Return the number of digest items (owners, markers, writers)."""
     return sum(1 for _ in _owner_items(om)) + len(lww.covers)
 
 
+def root_hash(om: OwnerMap, lww: LWWMap) -> bytes:
+    """Return the 8-byte root hash of a replica."""
+    return _root(bucket_hashes(om, lww))
+
+
+def root_digest(om: OwnerMap, lww: LWWMap) -> bytes:
+    """Encode a root digest ``[1, 2, root]``."""
+    return _pack((codec.FORMAT_VERSION, _KIND_ROOT, _root(bucket_hashes(om, lww))))  # type: ignore[no-any-return]
+
+
 def summary_digest(om: OwnerMap, lww: LWWMap) -> bytes:
-    """Encode a summary digest ``[1, 0, root, bucket_hashes]``."""
+    """Encode a summary digest ``[1, 0, root, 16-bit bucket hashes]``."""
     hashes = bucket_hashes(om, lww)
-    blob = b"".join(h.to_bytes(8, "big") for h in hashes)
-    root = hashlib.blake2b(blob, digest_size=8).digest()
-    return _pack((codec.FORMAT_VERSION, _KIND_SUMMARY, root, blob))  # type: ignore[no-any-return]
+    blob = b"".join((h & 0xFFFF).to_bytes(2, "big") for h in hashes)
+    return _pack((codec.FORMAT_VERSION, _KIND_SUMMARY, _root(hashes), blob))  # type: ignore[no-any-return]
+
+
+def _bitmap(scope: frozenset[int] | None) -> bytes | None:
+    if scope is None:
+        return None
+    bits = bytearray(BUCKETS // 8)
+    for b in scope:
+        bits[b >> 3] |= 1 << (b & 7)
+    return bytes(bits)
 
 
 def detail_digest(
@@ -159,8 +215,8 @@ def detail_digest(
 ) -> bytes:
     """Encode a detail digest of the given buckets (all if ``scope`` is ``None``).
 
-    Layout: ``[1, 1, stage, scope_bitmap | nil, [[owner, gen, gc, cover, removed]...],
-    [[writer, cover]...]]``, items sorted by name.
+    Layout: ``[1, 1, stage, partial, scope_bitmap | nil, [[owner, gen, gc, cover,
+    removed]...], [[writer, cover]...]]``, items sorted by name.
     """
     sc = None if scope is None else frozenset(scope)
     owners = sorted(
@@ -173,43 +229,68 @@ def detail_digest(
         for w, cov in lww.covers.items()
         if sc is None or bucket_of(1, w) in sc
     )
-    bitmap = None
-    if sc is not None:
-        bits = bytearray(BUCKETS // 8)
-        for b in sc:
-            bits[b >> 3] |= 1 << (b & 7)
-        bitmap = bytes(bits)
     return _pack(  # type: ignore[no-any-return]
-        (codec.FORMAT_VERSION, _KIND_DETAIL, stage, bitmap, owners, writers)
+        (codec.FORMAT_VERSION, _KIND_DETAIL, stage, False, _bitmap(sc), owners, writers)
     )
 
 
-def decode_digest(data: bytes) -> tuple[bytes, bytes] | Detail:
-    """Decode a digest: ``(root, bucket_blob)`` for a summary, :class:`Detail` otherwise.
+def partial_detail_digest(om: OwnerMap, lww: LWWMap, peer: Detail) -> bytes:
+    """Encode a stage-2 partial detail answering ``peer``: only the items that differ.
+
+    Items the peer listed and we lack are sent as generation 0 / empty cover.
+    """
+    mine = dict(_owner_items(om))
+    owners = []
+    for o, item in mine.items():
+        if peer.in_scope(0, o) and peer.owners.get(o) != item:
+            owners.append(_item_bytes_owner(o, item))
+    for o in peer.owners:
+        if o not in mine:
+            owners.append(_item_bytes_owner(o, (0, 0, (), False)))
+    writers = []
+    for w, cov in lww.covers.items():
+        if peer.in_scope(1, w) and peer.writers.get(w) != cov:
+            writers.append((w, codec.encode_cover(cov)))
+    for w in peer.writers:
+        if w not in lww.covers:
+            writers.append((w, []))
+    owners.sort()
+    writers.sort()
+    return _pack(  # type: ignore[no-any-return]
+        (codec.FORMAT_VERSION, _KIND_DETAIL, 2, True, _bitmap(peer.scope), owners, writers)
+    )
+
+
+def decode_digest(data: bytes) -> Root | Summary | Detail:
+    """Decode a digest of any kind.
 
     Raises:
         CodecError: If malformed.
     """
     top = codec.unpack(data)
-    if type(top) is not tuple or len(top) < 2 or top[0] != codec.FORMAT_VERSION:
+    if type(top) is not tuple or len(top) < 3 or top[0] != codec.FORMAT_VERSION:
         raise CodecError("malformed digest")
+    if top[1] == _KIND_ROOT:
+        if len(top) != 3 or type(top[2]) is not bytes or len(top[2]) != 8:
+            raise CodecError("malformed root digest")
+        return Root(top[2])
     if top[1] == _KIND_SUMMARY:
         if len(top) != 4 or type(top[2]) is not bytes or type(top[3]) is not bytes:
             raise CodecError("malformed summary digest")
-        if len(top[2]) != 8 or len(top[3]) != 8 * BUCKETS:
+        if len(top[2]) != 8 or len(top[3]) != 2 * BUCKETS:
             raise CodecError("malformed summary digest sizes")
-        return top[2], top[3]
-    if top[1] != _KIND_DETAIL or len(top) != 6:
+        return Summary(top[2], top[3])
+    if top[1] != _KIND_DETAIL or len(top) != 7:
         raise CodecError("malformed detail digest")
-    _, _, stage, bitmap, owners, writers = top
-    if stage not in (1, 2):
+    _, _, stage, partial, bitmap, owners, writers = top
+    if stage not in (1, 2) or type(partial) is not bool:
         raise CodecError("malformed digest stage")
     scope: frozenset[int] | None = None
     if bitmap is not None:
         if type(bitmap) is not bytes or len(bitmap) != BUCKETS // 8:
             raise CodecError("malformed digest scope")
         scope = frozenset(i for i in range(BUCKETS) if bitmap[i >> 3] >> (i & 7) & 1)
-    od: dict[str, tuple[int, int, Cover, bool]] = {}
+    od: dict[str, OwnerItem] = {}
     if type(owners) is not tuple or type(writers) is not tuple:
         raise CodecError("malformed digest items")
     for it in owners:
@@ -226,12 +307,24 @@ def decode_digest(data: bytes) -> tuple[bytes, bytes] | Detail:
         if type(it) is not tuple or len(it) != 2 or type(it[0]) is not str:
             raise CodecError("malformed writer digest item")
         wd[it[0]] = codec.decode_cover(it[1])
-    return Detail(stage, scope, od, wd)
+    return Detail(stage, partial, scope, od, wd)
 
 
-def differing_buckets(mine: list[int], blob: bytes) -> list[int]:
-    """Return the bucket numbers whose hashes differ from a peer's summary blob."""
-    return [i for i in range(BUCKETS) if mine[i].to_bytes(8, "big") != blob[8 * i : 8 * i + 8]]
+def differing_buckets(mine: list[int], summary: Summary) -> list[int]:
+    """Return the buckets whose 16-bit hashes differ from a peer's summary.
+
+    When the roots differ but no bucket does (a 16-bit collision), every bucket
+    is returned.
+    """
+    blob = summary.buckets
+    diff = [
+        i
+        for i in range(BUCKETS)
+        if (mine[i] & 0xFFFF).to_bytes(2, "big") != blob[2 * i : 2 * i + 2]
+    ]
+    if not diff and _root(mine) != summary.root:
+        return list(range(BUCKETS))
+    return diff
 
 
 class _Budget:
@@ -327,7 +420,9 @@ def delta_since(
             if not peer.in_scope(0, o):
                 continue
             item = peer.owners.get(o)
-            if item is not None and item[3] and (item[0], 0) >= (mk.generation, 0):
+            if item is None and peer.partial:
+                continue  # unlisted in a partial detail: equal
+            if item is not None and item[3] and item[0] >= mk.generation:
                 continue
         menc = codec.encode_marker(o, mk)
         if budget.take(len(menc), force=True):
@@ -344,6 +439,8 @@ def delta_since(
             if not peer.in_scope(0, o):
                 continue
             item = peer.owners.get(o)
+            if item is None and peer.partial:
+                continue  # unlisted in a partial detail: equal
             if item is not None and item[3]:
                 if item[0] >= om.owners[o].generation:
                     continue  # the peer removed this generation; it will tell us
@@ -362,7 +459,9 @@ def delta_since(
             wchunks = lww.writer_chunks(None)
         else:
             wchunks = [
-                c for c in lww.writer_chunks(dict(peer.writers)) if peer.in_scope(1, c.writer)
+                c
+                for c in lww.writer_chunks(dict(peer.writers))
+                if peer.in_scope(1, c.writer) and (c.writer in peer.writers or not peer.partial)
             ]
         for wc in wchunks:
             enc, cut = _cut_writer_chunk(wc, budget)
