@@ -88,6 +88,7 @@ class CoreServer:
         self._updates = 0
         self._callback_errors = 0
         self._listeners: list[Callable[[], None]] = []
+        self._online: list[str] | None = None  # sorted cache, rebuilt after a change
 
     # --- queries --------------------------------------------------------------------
 
@@ -100,8 +101,12 @@ class CoreServer:
         return self._records.get(node)
 
     def online(self) -> list[str]:
-        """Names of the online nodes, sorted."""
-        return sorted(n for n, r in self._records.items() if r.status is NodeStatus.ONLINE)
+        """Names of the online nodes, sorted (a fresh list; cached between changes)."""
+        if self._online is None:
+            self._online = sorted(
+                n for n, r in self._records.items() if r.status is NodeStatus.ONLINE
+            )
+        return list(self._online)
 
     def stats(self) -> CoreStats:
         """Current counters."""
@@ -169,5 +174,6 @@ class CoreServer:
         self._changed()
 
     def _changed(self) -> None:
+        self._online = None
         for listener in self._listeners:
             listener()

@@ -25,7 +25,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
@@ -55,6 +55,7 @@ from beethoven.wire.framing import FrameChannel
 from beethoven.wire.messages import (
     BeaconHello,
     BeaconMember,
+    MemberStatus,
     Message,
     StoreDelta,
     StoreSyncReply,
@@ -340,6 +341,8 @@ class Node:
         self._discovered = trio.Event()
         self._score_dirty = trio.Event()
         self._stale_after = max(30.0, 6 * config.hwmon_interval)
+        self._peers: dict[str, Address] = {}  # online members other than self → address
+        self._lives: dict[str, int] = {}  # online members (self too) → membership generation
         self._sync_ok = 0
         self._sync_failed = 0
         self._deltas_in = 0
@@ -417,8 +420,7 @@ class Node:
         holder on the strength of its previous life's holding (which peers may
         still keep until the new life's keyspace replaces it).
         """
-        online = set(self._core.online())
-        lives = {m.name: m.generation for m in self._runner.members() if m.name in online}
+        lives = self._lives
         holders: dict[str, int] = {}
         for owner, value in self._store.values_of(("hold", role)).items():
             if owner in lives and isinstance(value, dict):
@@ -534,19 +536,10 @@ class Node:
     # --- internals: membership glue -------------------------------------------------
 
     def _other_online(self) -> list[str]:
-        return [n for n in self._core.online() if n != self.name]
+        return list(self._peers)
 
     def _beacon_members(self) -> Sequence[BeaconMember]:
-        online = set(self._core.online())
-        return [
-            BeaconMember(m.name, m.addr)
-            for m in self._runner.members()
-            if m.name in online and m.name != self.name
-        ]
-
-    def _addresses(self, names: Iterable[str]) -> list[Address]:
-        wanted = set(names)
-        return [m.addr for m in self._runner.members() if m.name in wanted]
+        return [BeaconMember(name, addr) for name, addr in self._peers.items()]
 
     async def _join(self, seeds: Sequence[Address]) -> bool:
         ok = await self._runner.join(seeds)
@@ -562,8 +555,16 @@ class Node:
                 self._on_member_event(event)
 
     def _on_member_event(self, event: MemberEvent) -> None:
+        member = event.member
+        name = member.name
+        if member.status in (MemberStatus.ALIVE, MemberStatus.SUSPECT):
+            self._lives[name] = member.generation
+            if name != self.name:
+                self._peers[name] = member.addr
+        else:
+            self._lives.pop(name, None)
+            self._peers.pop(name, None)
         self._core.handle(event)
-        name = event.member.name
         if name == self.name:
             return
         if event.kind in (MemberEventKind.DEAD, MemberEventKind.LEFT):
@@ -580,7 +581,7 @@ class Node:
         if not delta:
             return
         payload: bytes = delta.payload if hasattr(delta, "payload") else delta
-        peers = [a for a in self._addresses(self._other_online()) if a != exclude]
+        peers = [a for a in self._peers.values() if a != exclude]
         if not peers:
             return
         message = StoreDelta(payload)
@@ -682,7 +683,7 @@ class Node:
     async def _anti_entropy(self) -> NoReturn:
         while True:
             await trio.sleep(STORE_SYNC_INTERVAL * (0.5 + self._rng.random()))
-            peers = self._addresses(self._other_online())
+            peers = list(self._peers.values())
             if peers:
                 await self._store_sync(self._rng.choice(peers))
 

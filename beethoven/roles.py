@@ -25,7 +25,6 @@ from typing import Any, NoReturn, Protocol
 
 import attrs
 import trio
-import trio.lowlevel
 
 from beethoven.assignment import RoleDemand, plan_assignment
 from beethoven.errors import ConfigError
@@ -211,6 +210,8 @@ class RoleMgmt:
         grace: seconds a stopping role task gets before it is cancelled.
         restart_backoff: ``(first, max)`` seconds between restarts of a failing task.
         reconcile_interval: seconds between plans when nothing triggers one.
+        replan_gap: least seconds between two plans; notifications in between are
+            coalesced into one plan (a burst of store changes costs one plan).
         on_change: called after this node starts or stops hosting a role.
     """
 
@@ -224,6 +225,7 @@ class RoleMgmt:
         grace: float = 5.0,
         restart_backoff: tuple[float, float] = (1.0, 30.0),
         reconcile_interval: float = 1.0,
+        replan_gap: float = 0.05,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         names = [r.name for r in roles]
@@ -236,6 +238,7 @@ class RoleMgmt:
         self._grace = grace
         self._backoff = restart_backoff
         self._interval = reconcile_interval
+        self._gap = replan_gap
         self._on_change = on_change
         self._hosted: dict[str, _Hosted] = {}
         self._wakeup = trio.Event()
@@ -329,10 +332,9 @@ class RoleMgmt:
                 while True:
                     self._wakeup = trio.Event()
                     self.reconcile()
-                    with trio.move_on_after(self._interval):
+                    await trio.sleep(self._gap)  # coalesce bursts of notifications
+                    with trio.move_on_after(max(0.0, self._interval - self._gap)):
                         await self._wakeup.wait()
-                    # Coalesce bursts of notifications into one plan.
-                    await trio.lowlevel.checkpoint()
             finally:
                 self._nursery = None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -407,4 +409,3 @@ class RoleMgmt:
         if self._on_change is not None:
             self._on_change()
         self.notify()
-
