@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             [0.0, 0.1, 0.3],
             3 if quick else 8,
             seed,
-            100 if quick else 1000,
+            100,
         ),
         "detection": lambda: bench_detection(
             [100, 1000], {100: 10 if quick else 40, 1000: 3 if quick else 10}, seed

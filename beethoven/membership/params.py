@@ -74,8 +74,8 @@ class SwimParams:
         max_meta: largest accepted per-node metadata, in bytes.
     """
 
-    probe_interval: float = attrs.field(default=1.0, validator=_positive)
-    probe_timeout: float = attrs.field(default=0.5, validator=_positive)
+    probe_interval: float = attrs.field(default=0.8, validator=_positive)
+    probe_timeout: float = attrs.field(default=0.4, validator=_positive)
     indirect_checks: int = attrs.field(default=3, validator=_non_negative)
     tcp_fallback: bool = True
     gossip_interval: float = attrs.field(default=0.2, validator=_positive)
@@ -83,10 +83,10 @@ class SwimParams:
     gossip_to_dead: float = attrs.field(default=30.0, validator=_non_negative)
     relay_gap: float | None = 0.02
     retransmit_mult: int = attrs.field(default=4, validator=_positive)
-    suspicion_mult: float = attrs.field(default=1.0, validator=_positive)
+    suspicion_mult: float = attrs.field(default=1.25, validator=_positive)
     suspicion_max_mult: float = attrs.field(default=6.0, validator=_positive)
     suspicion_confirmations: int = attrs.field(default=3, validator=_non_negative)
-    reprobe_fanout: int = attrs.field(default=6, validator=_non_negative)
+    reprobe_fanout: int = attrs.field(default=8, validator=_non_negative)
     local_health: bool = True
     inconclusive_probes: bool = True
     awareness_max: int = attrs.field(default=8, validator=_positive)
@@ -137,6 +137,7 @@ class SwimParams:
             probe_interval=0.5,
             probe_timeout=0.2,
             indirect_checks=2,
+            suspicion_mult=1.0,
             gossip_interval=0.1,
             gossip_to_dead=15.0,
             relay_gap=0.01,
@@ -159,6 +160,8 @@ class SwimParams:
         re-probe, no stall guard, no inconclusive-probe rule and no reconnect.
         """
         return cls(
+            probe_interval=1.0,
+            probe_timeout=0.5,
             relay_gap=None,
             inconclusive_probes=False,
             suspicion_mult=4.0,

@@ -45,6 +45,7 @@ from beethoven.wire.messages import (
 pytestmark = pytest.mark.timeout(60)
 
 A = Address("10.0.0.1", 7946)
+RULES = attrs.evolve(SwimParams.lan(), probe_interval=1.0, probe_timeout=0.5, suspicion_mult=1.0)
 
 
 def addr(i: int) -> Address:
@@ -54,7 +55,8 @@ def addr(i: int) -> Address:
 def make(
     name: str = "n1", i: int = 1, gen: int = 100, params: SwimParams | None = None, **kw: Any
 ) -> SwimCore:
-    p = params if params is not None else SwimParams.lan()
+    # Round numbers make the expected times readable; presets are tested separately.
+    p = params if params is not None else RULES
     if kw:
         p = attrs.evolve(p, **kw)
     return SwimCore(
@@ -118,7 +120,7 @@ def test_start_emits_self_joined_and_schedules_probe() -> None:
     core = make()
     out = core.start(0.0)
     assert [e.member.name for e in events(out, MemberEventKind.JOINED)] == ["n1"]
-    assert core.next_deadline() <= SwimParams.lan().probe_interval
+    assert core.next_deadline() <= RULES.probe_interval
 
 
 def test_probe_sends_ping_and_ack_ends_round() -> None:
@@ -711,6 +713,8 @@ def test_pushpull_state_saying_self_dead_is_refuted() -> None:
 
 def test_params_presets_and_validation() -> None:
     assert SwimParams.preset("lan") == SwimParams()
+    assert SwimParams.preset("lan").probe_interval == 0.8
+    assert SwimParams.preset("memberlist").probe_interval == 1.0
     assert SwimParams.preset("memberlist").suspicion_mult == 4.0
     assert SwimParams.preset("wan").probe_interval == 5.0
     assert SwimParams.preset("local").probe_interval == 0.5
