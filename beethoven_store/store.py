@@ -370,6 +370,7 @@ class Store:
         self._apply_lock = threading.Lock()
         self._limiter = trio.CapacityLimiter(1)
         self._wakeup: trio.Event | None = None
+        self._flush_waiters: list[trio.Event] = []
         self._version_ceiling = 0
         self._seq_base = 1
         self._closed = False
@@ -1093,6 +1094,20 @@ class Store:
         """
         if self._enqueue():
             await trio.to_thread.run_sync(self._drain, limiter=self._limiter)
+        waiters, self._flush_waiters = self._flush_waiters, []
+        for ev in waiters:
+            ev.set()
+
+    async def wait_flushed(self) -> None:
+        """Wait until nothing is pending, i.e. everything written so far is committed.
+
+        Relies on :meth:`run` (or another task calling :meth:`flush`); bound the
+        wait with ``trio.fail_after``.
+        """
+        while self.pending_rows:
+            ev = trio.Event()
+            self._flush_waiters.append(ev)
+            await ev.wait()
 
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
