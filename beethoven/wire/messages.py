@@ -44,6 +44,8 @@ __all__ = [
     "Ping",
     "PushPullReply",
     "PushPullRequest",
+    "Query",
+    "QueryReply",
     "StoreDelta",
     "StoreSyncReply",
     "StoreSyncRequest",
@@ -292,6 +294,22 @@ class StoreSyncReply:
     more: bool = False
 
 
+@attrs.frozen
+class Query:
+    """An operator's question to a running node (CLI): *kind* is members, roles or status."""
+
+    TYPE: ClassVar[int] = 18
+    kind: str
+
+
+@attrs.frozen
+class QueryReply:
+    """The answer to a `Query`: a UTF-8 JSON document."""
+
+    TYPE: ClassVar[int] = 19
+    body: bytes
+
+
 Message = (
     Ping
     | Ack
@@ -310,6 +328,8 @@ Message = (
     | ErrorReply
     | StoreSyncRequest
     | StoreSyncReply
+    | Query
+    | QueryReply
 )
 
 #: Type code -> message class. Append-only; see the module docstring.
@@ -333,5 +353,7 @@ MESSAGE_TYPES: dict[int, type] = {
         ErrorReply,
         StoreSyncRequest,
         StoreSyncReply,
+        Query,
+        QueryReply,
     )
 }
