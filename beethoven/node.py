@@ -21,6 +21,7 @@ Node status (online/offline) comes from membership, not from the store.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -57,6 +58,8 @@ from beethoven.wire.messages import (
     BeaconMember,
     MemberStatus,
     Message,
+    Query,
+    QueryReply,
     StoreDelta,
     StoreSyncReply,
     StoreSyncRequest,
@@ -245,6 +248,14 @@ class _View:
     def scores(self) -> Mapping[str, float]:
         return {name: s.score for name, s in self._node._published_scores().items()}
 
+    def highest_epoch(self, role: str) -> int:
+        epochs = [
+            v["epoch"]
+            for v in self._node._store.values_of(("hold", role)).values()
+            if isinstance(v, dict) and isinstance(v.get("epoch"), int)
+        ]
+        return max(epochs, default=0)
+
     def publish_holding(self, role: str, epoch: int) -> None:
         node = self._node
         holding = {"epoch": epoch, "gen": node._generation}
@@ -349,6 +360,7 @@ class Node:
         self._deltas_bad = 0
         self._runner.add_stream_handler(BeaconHello, self._beacon.handle)
         self._runner.add_stream_handler(StoreSyncRequest, self._serve_store_sync)
+        self._runner.add_stream_handler(Query, self._serve_query)
         self._runner.add_datagram_handler(StoreDelta, self._on_store_delta)
         self._core.add_listener(self._roles.notify)
 
@@ -533,6 +545,57 @@ class Node:
             hwmon=self.hwmon.stats(),
         )
 
+    def describe(self, kind: str) -> Any:
+        """A JSON-ready view for operators: ``members``, ``roles`` or ``status``.
+
+        This is what ``beethoven members|roles|status`` prints (``specs/node.md``).
+
+        Raises:
+            ValueError: an unknown *kind*.
+        """
+        if kind == "members":
+            addresses = {m.name: str(m.addr) for m in self._runner.members()}
+            return [
+                {
+                    "node": r.node,
+                    "status": r.status.value,
+                    "last_change": r.last_change.isoformat(),
+                    "address": addresses.get(r.node, ""),
+                }
+                for r in self._core.records()
+            ]
+        if kind == "roles":
+            return [
+                {"role": i.role, "count": i.count, "assigned": i.assigned, "nodes": list(i.nodes)}
+                for i in self.get_roles()
+            ]
+        if kind == "status":
+            return {
+                "name": self.name,
+                "address": str(self.address),
+                "cluster": self.config.cluster,
+                "mode": self.get_node_status(),
+                "ready": self.is_ready(),
+                "online": self.get_active_cluster_nodes(),
+                "hosting": self._roles.hosting() if self._roles else [],
+                "score": round(self._allocator.score(), 4),
+                "allocate": self.allocate(),
+                "version": __version__,
+                "encrypted": self._keyring is not None,
+            }
+        raise ValueError(f"unknown query {kind!r}; expected members, roles or status")
+
+    def kill(self) -> None:
+        """Stop every service at once, without leaving — as if the process died.
+
+        For demos and tests of failover on real sockets. The node falls silent;
+        peers detect its death by failure detection. Exit the ``async with`` block
+        afterwards (nothing more is sent when it closes).
+        """
+        self._killed = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
     # --- internals: membership glue -------------------------------------------------
 
     def _other_online(self) -> list[str]:
@@ -680,6 +743,16 @@ class Node:
             self._deltas_bad += 1
             logger.debug("bad store sync from %s: %s", peer, exc)
 
+    async def _serve_query(self, channel: FrameChannel, peer: Address, first: Message) -> None:
+        assert isinstance(first, Query)
+        try:
+            body: Any = self.describe(first.kind)
+        except ValueError as exc:
+            body = {"error": str(exc)}
+        payload = json.dumps(body, sort_keys=True).encode()
+        with trio.move_on_after(self._params.stream_timeout):
+            await channel.send(QueryReply(payload))
+
     async def _anti_entropy(self) -> NoReturn:
         while True:
             await trio.sleep(STORE_SYNC_INTERVAL * (0.5 + self._rng.random()))
@@ -709,6 +782,7 @@ class Node:
     # --- lifecycle ------------------------------------------------------------------
 
     _nursery: trio.Nursery | None = None
+    _killed = False
 
     async def _start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -740,6 +814,8 @@ class Node:
 
     async def _stop(self) -> None:
         assert self._roles is not None
+        if self._killed:
+            return
         with trio.move_on_after(LEAVE_TIMEOUT) as scope:
             scope.shield = True
             await self._roles.stop_all()

@@ -167,6 +167,9 @@ class RoleView(Protocol):
     def scores(self) -> Mapping[str, float]:
         """Node → last published allocator score."""
 
+    def highest_epoch(self, role: str) -> int:
+        """The highest epoch ever published for *role*, by any node, online or not."""
+
 
 class RolePublisher(Protocol):
     """Where RoleMgmt records this node's holdings (its own store keyspace)."""
@@ -241,6 +244,7 @@ class RoleMgmt:
         self._gap = replan_gap
         self._on_change = on_change
         self._hosted: dict[str, _Hosted] = {}
+        self._epochs: dict[str, int] = {}  # highest epoch this node took, per role
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._starts = self._stops = self._crashes = self._plans = 0
@@ -353,8 +357,9 @@ class RoleMgmt:
     def _start(self, name: str) -> None:
         assert self._nursery is not None
         role = self.roles[name]
-        epochs = self._view.role_holders(name).values()
-        epoch = max(epochs, default=0) + 1
+        seen = max(self._view.highest_epoch(name), self._epochs.get(name, 0))
+        epoch = seen + 1
+        self._epochs[name] = epoch
         ctx = RoleContext(name, self.node, epoch, role.args)
         hosted = _Hosted(ctx=ctx, scope=trio.CancelScope())
         self._hosted[name] = hosted

@@ -24,11 +24,13 @@ class Hosting:
     def __init__(self) -> None:
         self.running: dict[str, set[str]] = defaultdict(set)
         self.started: list[tuple[str, str, float]] = []
+        self.epochs: list[tuple[str, str, int]] = []
 
     def role(self, name: str, count: int) -> Role:
         async def run(ctx: RoleContext) -> None:
             self.running[ctx.role].add(ctx.node)
             self.started.append((ctx.role, ctx.node, trio.current_time()))
+            self.epochs.append((ctx.role, ctx.node, ctx.epoch))
             try:
                 await trio.sleep_forever()
             finally:
@@ -94,6 +96,9 @@ async def test_a_crashed_holders_role_runs_elsewhere_within_detection_plus_one_s
             assert moved_at - crashed_at <= (detected[0] - crashed_at) + 1.0
             (new_holder,) = hosting.running["solo"]
             assert new_holder != holder
+            epochs = [e for role, node, e in hosting.epochs if role == "solo"]
+            assert epochs == sorted(epochs)  # fencing: every new holding has a higher epoch
+            assert len(set(epochs)) == len(epochs)
             # the crashed node comes back: a new life, no double hosting
             await cluster.start(holder)
             await cluster.wait_for(cluster.converged)

@@ -18,6 +18,7 @@ class FakeCluster:
         self.online: set[str] = set()
         self.tags: dict[str, frozenset[str]] = {}
         self.holdings: dict[str, dict[str, int]] = {}  # role -> node -> epoch
+        self.epochs: dict[str, dict[str, int]] = {}  # every holding ever published
         self.running: dict[str, set[str]] = {}  # role -> nodes whose task runs now
         self.mgmts: dict[str, RoleMgmt] = {}
 
@@ -46,8 +47,12 @@ class NodeView:
     def scores(self) -> Mapping[str, float]:
         return {}
 
+    def highest_epoch(self, role: str) -> int:
+        return max(self.cluster.epochs.get(role, {}).values(), default=0)
+
     def publish_holding(self, role: str, epoch: int) -> None:
         self.cluster.holdings.setdefault(role, {})[self.node] = epoch
+        self.cluster.epochs.setdefault(role, {})[self.node] = epoch
         self.cluster.notify_all()
 
     def release_holding(self, role: str) -> None:
