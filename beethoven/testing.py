@@ -25,12 +25,21 @@ import trio
 from beethoven.address import Address
 from beethoven.config import Config
 from beethoven.node import Node, open_node
-from beethoven.roles import Role
+from beethoven.roles import Role, RoleContext
 from beethoven.transport.memory import MemoryNetwork
 
-__all__ = ["Cluster", "open_cluster"]
+__all__ = ["Cluster", "idle_role", "open_cluster"]
 
 PORT = 33000
+
+
+async def idle_role(ctx: RoleContext) -> None:
+    """A role that does nothing until it is stopped (``"beethoven.testing:idle_role"``).
+
+    Handy in configuration files and tests where only the placement of a role matters.
+    """
+    ctx.report_health("idle")
+    await ctx.stopping.wait()
 
 
 def _address(index: int) -> Address:
