@@ -21,6 +21,7 @@ the least busy nodes while the choice stays spread and stable.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Collection, Mapping
@@ -39,6 +40,7 @@ class RoleDemand:
     eligible: frozenset[str] | None = None
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _unit_hash(role: str, node: str) -> float:
     digest = hashlib.blake2b(f"{role}\x00{node}".encode(), digest_size=8).digest()
     # Map to the open interval (0, 1): never 0 (log) and never 1.

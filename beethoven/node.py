@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -90,6 +91,8 @@ STORE_SYNC_INTERVAL = 2.0
 STORE_SYNC_ROUNDS = 8
 #: Seconds between two publications of this node's score at most.
 SCORE_MIN_INTERVAL = 1.0
+#: Relative score change that is published at once (smaller ones wait for the refresh).
+SCORE_CHANGE = 0.02
 #: Seconds between store GC passes.
 STORE_GC_INTERVAL = 60.0
 
@@ -644,12 +647,15 @@ class Node:
         if not delta:
             return
         payload: bytes = delta.payload if hasattr(delta, "payload") else delta
-        peers = [a for a in self._peers.values() if a != exclude]
+        addresses = list(self._peers.values())
+        # Sample one extra, then drop the sender: O(fanout), not O(N) comparisons.
+        picked = self._rng.sample(addresses, min(STORE_FANOUT + 1, len(addresses)))
+        peers = [a for a in picked if a != exclude][:STORE_FANOUT]
         if not peers:
             return
         message = StoreDelta(payload)
         fits = encoded_size(message) <= self._packets.budget
-        for peer in self._rng.sample(peers, min(STORE_FANOUT, len(peers))):
+        for peer in peers:
             if fits:
                 self._runner.send(peer, [message])
             elif self._nursery is not None:
@@ -669,8 +675,16 @@ class Node:
             self._deltas_bad += 1
             logger.debug("bad store delta from %s: %s", source, exc)
             return
-        if changes:
+        if not changes:
+            return
+        # Relay news epidemically, except score refreshes: they are frequent and
+        # volatile, so the direct push plus anti-entropy carries them (no O(N²) relay).
+        if changes.shared or changes.removed_owners or any(
+            key != _SCORE_KEY for _, key in changes.owned
+        ):
             self._disseminate(message.payload, exclude=source)
+        else:
+            self._roles_notify()
 
     async def _store_sync(self, peer: Address) -> bool:
         """One anti-entropy exchange with *peer* (this node opens)."""
@@ -771,12 +785,21 @@ class Node:
     async def _publish_score(self) -> NoReturn:
         """Publish the score when it changes (at most every second) and periodically."""
         refresh = max(1.0, self._stale_after / 3)
+        last_score: float | None = None
+        last_at = -math.inf
         while True:
             with trio.move_on_after(refresh):
                 await self._score_dirty.wait()
             self._score_dirty = trio.Event()
-            value = {"s": self._allocator.score(), "t": time.time()}
-            self._disseminate(self._store.put_own(_SCORE_KEY, value, volatile=True))
+            score = self._allocator.score()
+            now = trio.current_time()
+            material = last_score is None or abs(score - last_score) > SCORE_CHANGE * max(
+                1.0, abs(last_score)
+            )
+            if material or now - last_at >= refresh:
+                value = {"s": score, "t": time.time()}
+                self._disseminate(self._store.put_own(_SCORE_KEY, value, volatile=True))
+                last_score, last_at = score, now
             await trio.sleep(SCORE_MIN_INTERVAL)
 
     # --- lifecycle ------------------------------------------------------------------
@@ -793,7 +816,8 @@ class Node:
             "started": time.time(),
         }
         self._store.put_own(_NODE_KEY, record)
-        await nursery.start(self._store.run)
+        if self._store.durable:  # the memory backend has nothing to commit
+            await nursery.start(self._store.run)
         nursery.start_soon(self._follow_membership)
         await nursery.start(self._runner.run)
         await nursery.start(self.hwmon.run)

@@ -290,7 +290,8 @@ class RoleMgmt:
     def plan(self) -> dict[str, frozenset[str]]:
         """The cluster-wide plan from the current view."""
         online = list(self._view.online_nodes())
-        tags = {node: self._view.node_tags(node) for node in online}
+        needs_tags = any(role.eligible for role in self.roles.values())
+        tags = {node: self._view.node_tags(node) for node in online} if needs_tags else {}
         demands = [
             RoleDemand(
                 role.name,
