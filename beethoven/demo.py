@@ -62,10 +62,11 @@ class DemoSummary:
 
 
 class _Demo:
-    def __init__(self, nodes: int, duration: float, *, live: bool) -> None:
+    def __init__(self, nodes: int, duration: float, *, live: bool, quiet: bool = False) -> None:
         self.n = nodes
         self.duration = duration
         self.live = live
+        self.quiet = quiet
         self.key = key_to_string(generate_key())
         self.running: dict[str, set[str]] = defaultdict(set)
         self.nodes: dict[str, Node] = {}
@@ -101,7 +102,7 @@ class _Demo:
     def event(self, text: str) -> None:
         line = f"[{self.now():5.1f}s] {text}"
         self.summary.events.append(line)
-        if not self.live:
+        if not self.live and not self.quiet:
             print(line, flush=True)
 
     def render(self) -> None:
@@ -242,7 +243,7 @@ class _Demo:
 def run_demo(*, nodes: int = 5, duration: float = 30.0, as_json: bool = False) -> int:
     """Run the demo; return 0 if the failover worked without running a role twice."""
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
-    demo = _Demo(nodes, duration, live=sys.stdout.isatty() and not as_json)
+    demo = _Demo(nodes, duration, live=sys.stdout.isatty() and not as_json, quiet=as_json)
     started = time.monotonic()
     try:
         summary = trio.run(demo.main)
