@@ -52,7 +52,8 @@ def _skip_reason() -> str | None:
 class Lan:
     """A bridge namespace and NODES node namespaces, torn down by `close`."""
 
-    def __init__(self) -> None:
+    def __init__(self, subnet: str = SUBNET) -> None:
+        self.subnet = subnet
         tag = uuid.uuid4().hex[:6]
         self.bridge_ns = f"btb-{tag}"
         self.node_ns = [f"btn-{tag}-{i}" for i in range(NODES)]
@@ -76,7 +77,7 @@ class Lan:
             )  # fmt: skip
             _ip("-n", self.bridge_ns, "link", "set", f"v{i}", "master", "br0")
             _ip("-n", self.bridge_ns, "link", "set", f"v{i}", "up")
-            _ip("-n", ns, "addr", "add", f"{SUBNET}.{i + 1}/24", "dev", "eth0")
+            _ip("-n", ns, "addr", "add", f"{self.subnet}.{i + 1}/24", "dev", "eth0")
             _ip("-n", ns, "link", "set", "eth0", "up")
 
     def close(self) -> None:
@@ -127,3 +128,79 @@ async def test_nodes_in_separate_network_namespaces_find_each_other_by_sweeping(
         assert result["stats"]["contacted"] >= 253
     assert sum(r["beacon"]["answered"] for r in results) >= NODES * (NODES - 1)
     assert all(r["beacon"]["auth_failures"] == 0 for r in results)
+
+
+AGENT_SUBNET = "10.213.8"
+
+
+def _agent_config(path: Path, i: int, key: str) -> None:
+    path.write_text(
+        f'name = "a{i}"\nbind = "{AGENT_SUBNET}.{i + 1}"\nport = {PORT}\n'
+        f'cluster = "netns"\ncluster_net = ["{AGENT_SUBNET}.0/24"]\nkeys = ["{key}"]\n'
+        'preset = "local"\nresweep_interval = 1.0\n'
+        '[[roles]]\nname = "solo"\nrun = "beethoven.testing:idle_role"\n',
+        encoding="utf-8",
+    )
+
+
+async def _status(ns: str, i: int, key: str) -> dict[str, Any] | None:
+    cmd = [
+        "ip", "netns", "exec", ns, sys.executable, "-m", "beethoven", "status",
+        "--address", f"{AGENT_SUBNET}.{i + 1}:{PORT}", "--key", key, "--json", "--timeout", "2",
+    ]  # fmt: skip
+    done = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
+    if done.returncode != 0:
+        return None
+    body: dict[str, Any] = json.loads(done.stdout)
+    return body
+
+
+async def test_full_agents_in_separate_network_namespaces_form_one_cluster(
+    tmp_path: Path,
+) -> None:
+    """Real `beethoven agent` processes, one per namespace, find each other and share roles."""
+    reason = _skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    lan = Lan(AGENT_SUBNET)
+    key = key_to_string(generate_key())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    agents: list[subprocess.Popen[bytes]] = []
+    try:
+        await trio.to_thread.run_sync(lan.build)
+        for i, ns in enumerate(lan.node_ns):
+            config = tmp_path / f"a{i}.toml"
+            _agent_config(config, i, key)
+            command = [
+                "ip", "netns", "exec", ns, sys.executable, "-m", "beethoven", "agent",
+                "-c", str(config), "--log-level", "WARNING",
+            ]  # fmt: skip
+            agents.append(
+                subprocess.Popen(  # noqa: ASYNC220 - fork/exec only
+                    command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                )
+            )
+        names = sorted(f"a{i}" for i in range(NODES))
+        with trio.fail_after(60):
+            while True:
+                statuses = [await _status(ns, i, key) for i, ns in enumerate(lan.node_ns)]
+                if all(
+                    s is not None and s["ready"] and sorted(s["online"]) == names for s in statuses
+                ):
+                    break
+                await trio.sleep(0.5)
+        assert all(s is not None and s["mode"] == "clustered" for s in statuses)
+        hosts = [s["name"] for s in statuses if s is not None and "solo" in s["hosting"]]
+        assert len(hosts) == 1
+    finally:
+        for agent in agents:
+            agent.terminate()
+        for agent in agents:
+            try:
+                _, err = agent.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.communicate(timeout=5)
+            else:
+                assert agent.returncode == 0, err.decode(errors="replace")[-2000:]
+        lan.close()
