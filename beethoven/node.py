@@ -21,6 +21,7 @@ Node status (online/offline) comes from membership, not from the store.
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import math
@@ -101,8 +102,8 @@ _SCORE_KEY = ("score",)
 _KV_PREFIX = "kv"
 
 
-class NodeMode:
-    """`Node.get_node_status` values, as in the original."""
+class NodeMode(enum.StrEnum):
+    """`Node.get_node_status` values, as in the original (equal to the plain strings)."""
 
     STANDALONE = "standalone"
     CLUSTERED = "clustered"
@@ -123,7 +124,7 @@ class NodeStats:
     """Every counter of a node, by service."""
 
     name: str
-    mode: str
+    mode: NodeMode
     ready: bool
     wire: WireStats
     transport: TransportStats
@@ -352,7 +353,6 @@ class Node:
         )
         self.kv = ClusterKV(self)
         self._ready = trio.Event()
-        self._discovered = trio.Event()
         self._score_dirty = trio.Event()
         self._stale_after = max(30.0, 6 * config.hwmon_interval)
         self._peers: dict[str, Address] = {}  # online members other than self → address
@@ -389,7 +389,7 @@ class Node:
 
     # --- membership views -----------------------------------------------------------
 
-    def get_node_status(self) -> str:
+    def get_node_status(self) -> NodeMode:
         """`NodeMode.CLUSTERED` when another member is online, else `NodeMode.STANDALONE`."""
         return NodeMode.CLUSTERED if self._other_online() else NodeMode.STANDALONE
 
@@ -830,7 +830,6 @@ class Node:
         """Discovery, then the first role plan, then ready (in the background)."""
         mode = await nursery.start(self._locator.run)
         logger.info("node %s at %s: discovery finished (%s)", self.name, self.address, mode)
-        self._discovered.set()
         assert self._roles is not None
         await nursery.start(self._roles.run)
         await self._roles.planned_once.wait()
