@@ -370,6 +370,8 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], float | None], str]] = [
     ("CPU per member, % of a core (max)",
      lambda r: _pct(r.get("cpu_per_member", {}).get("max")), "{:.2f}"),
     ("suspicions in the steady window", lambda r: r.get("suspicions_in_window"), "{:.0f}"),
+    ("start spread, s (first to last member serving)", lambda r: r.get("start_spread_s"),
+     "{:.2f}"),
 ]  # fmt: skip
 
 
