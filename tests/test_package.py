@@ -39,3 +39,27 @@ def test_parse_address_rejects_bad_text(text: str) -> None:
 def test_address_str_brackets_ipv6() -> None:
     assert str(Address("::1", 5)) == "[::1]:5"
     assert str(Address("127.0.0.1", 5)) == "127.0.0.1:5"
+
+
+def test_store_package_imports_alone_and_submodules_stay_cheap() -> None:
+    """Regression: `import beethoven_store` failed with a circular import once the
+    public API was exported eagerly from `beethoven`."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, beethoven_store, beethoven.errors\n"
+        "assert 'beethoven.node' not in sys.modules, 'beethoven.node imported eagerly'\n"
+        "import beethoven\n"
+        "assert beethoven.open_node.__module__ == 'beethoven.node'\n"
+        "assert 'open_node' in dir(beethoven)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no_such_name"):
+        beethoven.no_such_name  # noqa: B018
