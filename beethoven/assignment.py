@@ -50,12 +50,17 @@ def _unit_hash(role: str, node: str) -> float:
 def rendezvous_rank(role: str, node: str, score: float | None = None) -> float:
     """The rank of *node* for *role*; higher ranks are chosen first.
 
-    With no score every node has weight 1 (plain rendezvous hashing). A known
-    score ``s >= 0`` gives weight ``1 / (1 + s)``, the weighted-HRW form
+    With no score every node has weight 1 (plain rendezvous hashing). A score
+    ``s >= 0`` gives weight ``1 / (1 + s)``; the rank is the weighted-HRW form
     ``-weight / ln(h)``, so a busier node needs a luckier hash to be picked.
     """
     weight = 1.0 if score is None else 1.0 / (1.0 + max(0.0, score))
     return -weight / math.log(_unit_hash(role, node))
+
+
+def _fill_key(role: str, node: str, score: float | None, placed: int) -> tuple[int, float, str]:
+    # Fewest roles in this plan first (spread), then the load-weighted rank, then name.
+    return (-placed, rendezvous_rank(role, node, score), node)
 
 
 def plan_assignment(
@@ -66,39 +71,56 @@ def plan_assignment(
 ) -> dict[str, frozenset[str]]:
     """Decide who should hold every role.
 
+    Two passes, so the result does not depend on the order of *demands*: first every
+    role keeps its current holders (sticky; the highest-ranked when over-assigned),
+    then, in role-name order, each missing holder is the candidate with the fewest
+    roles in this plan so far (so roles spread), ties broken by the rank weighted by
+    the node's score (so the least busy are preferred), then by name.
+
     Args:
         demands: the roles and how many holders each wants.
         online: names of the online members.
         holders: role name → nodes that currently hold it (as published).
-        scores: node → published allocator score, for weighting new picks.
+        scores: node → published allocator score, for weighting new picks. A node
+            without a score counts as the median of the known ones.
 
     Returns:
         Role name → the set of nodes that should hold it. Its size is
         ``min(count, number of candidates)``; no node appears twice for a role.
     """
     online_set = frozenset(online)
-    scores = scores or {}
-    plan: dict[str, frozenset[str]] = {}
-    for demand in demands:
+    known = sorted((scores or {}).values())
+    typical = known[len(known) // 2] if known else None
+    score_of = {n: (scores or {}).get(n, typical) for n in online_set}
+    ordered = sorted(demands, key=lambda d: d.name)
+    candidates_of: dict[str, frozenset[str]] = {}
+    plan: dict[str, set[str]] = {}
+    placed: dict[str, int] = dict.fromkeys(online_set, 0)
+    for demand in ordered:
         candidates = online_set if demand.eligible is None else online_set & demand.eligible
+        candidates_of[demand.name] = candidates
         want = min(max(demand.count, 0), len(candidates))
-
-        def rank(node: str, role: str = demand.name) -> tuple[float, str]:
-            return (rendezvous_rank(role, node, scores.get(node)), node)
-
-        # Rank sticky holders without the score weight: a holder's load includes the
-        # role itself, and must not make it lose the role to a rank shuffle.
-        def holder_rank(node: str, role: str = demand.name) -> tuple[float, str]:
-            return (rendezvous_rank(role, node), node)
-
+        # Rank sticky holders without any weight: a holder's load includes the role
+        # itself, and must not make it lose the role to a rank shuffle.
+        role = demand.name
         keep = sorted(
-            (n for n in holders.get(demand.name, ()) if n in candidates),
-            key=holder_rank,
+            (n for n in holders.get(role, ()) if n in candidates),
+            key=lambda n: (rendezvous_rank(role, n), n),
             reverse=True,
         )[:want]
-        chosen = set(keep)
-        if len(chosen) < want:
-            fresh = sorted((n for n in candidates if n not in chosen), key=rank, reverse=True)
-            chosen.update(fresh[: want - len(chosen)])
-        plan[demand.name] = frozenset(chosen)
-    return plan
+        plan[demand.name] = set(keep)
+        for node in keep:
+            placed[node] += 1
+    for demand in ordered:
+        chosen = plan[demand.name]
+        candidates = candidates_of[demand.name]
+        want = min(max(demand.count, 0), len(candidates))
+        while len(chosen) < want:
+            role = demand.name
+            best = max(
+                (n for n in candidates if n not in chosen),
+                key=lambda n: _fill_key(role, n, score_of[n], placed[n]),
+            )
+            chosen.add(best)
+            placed[best] += 1
+    return {name: frozenset(nodes) for name, nodes in plan.items()}

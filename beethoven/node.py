@@ -68,7 +68,7 @@ from beethoven.wire.messages import (
 )
 from beethoven.wire.packet import PacketCodec, WireStats
 from beethoven.wire.security import Keyring
-from beethoven_store import Store, StoreStats, open_store
+from beethoven_store import Changes, Store, StoreStats, open_store
 
 __all__ = [
     "ClusterKV",
@@ -94,6 +94,8 @@ STORE_SYNC_ROUNDS = 8
 SCORE_MIN_INTERVAL = 1.0
 #: Relative score change that is published at once (smaller ones wait for the refresh).
 SCORE_CHANGE = 0.02
+#: Seconds a node that joined a cluster takes no new role (its store catches up first).
+JOIN_SETTLE = 3.0
 #: Seconds between store GC passes.
 STORE_GC_INTERVAL = 60.0
 
@@ -287,8 +289,10 @@ class Node:
         params: SwimParams,
         rng: random.Random,
         sampler: Callable[[], tuple[float, float]] | None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self._clock = clock
         self.name = config.node_name
         self._store = store
         self._transport = transport
@@ -315,7 +319,7 @@ class Node:
             stream_timeout=params.stream_timeout,
             max_frame=config.max_frame,
         )
-        self._core = CoreServer()
+        self._core = CoreServer(clock=clock)
         self._beacon = BeaconServer(
             cluster=config.cluster,
             name=self.name,
@@ -340,7 +344,9 @@ class Node:
         self._allocator.register("cpu", 1.0, SignalType.PERCENT)
         self._allocator.register("ram", 1.0, SignalType.PERCENT)
         self._allocator.register("roles", 0.1, SignalType.COUNT)
-        hw_kwargs: dict[str, Any] = {} if sampler is None else {"sampler": sampler}
+        hw_kwargs: dict[str, Any] = {"clock": clock}
+        if sampler is not None:
+            hw_kwargs["sampler"] = sampler
         self.hwmon = HwMon(config.hwmon_interval, on_sample=self._on_hw_sample, **hw_kwargs)
         self._view = _View(self)
         self._roles: RoleMgmt | None = None
@@ -355,6 +361,8 @@ class Node:
         self._ready = trio.Event()
         self._score_dirty = trio.Event()
         self._stale_after = max(30.0, 6 * config.hwmon_interval)
+        self._scores_cache: dict[str, PublishedScore] | None = None
+        self._allocated: tuple[str | None, float] | None = None  # (answer, valid until)
         self._peers: dict[str, Address] = {}  # online members other than self → address
         self._lives: dict[str, int] = {}  # online members (self too) → membership generation
         self._sync_ok = 0
@@ -494,6 +502,16 @@ class Node:
         return self._allocator.score()
 
     def _published_scores(self) -> dict[str, PublishedScore]:
+        """Parsed scores of every owner, cached until a score or membership changes."""
+        if self._scores_cache is None:
+            self._scores_cache = self._parse_scores()
+        return self._scores_cache
+
+    def _scores_changed(self) -> None:
+        self._scores_cache = None
+        self._allocated = None
+
+    def _parse_scores(self) -> dict[str, PublishedScore]:
         scores: dict[str, PublishedScore] = {}
         for owner, value in self._store.values_of(_SCORE_KEY).items():
             if isinstance(value, dict):
@@ -508,12 +526,20 @@ class Node:
         Returns:
             A node name, or ``None`` if no node is online (before start).
         """
-        return choose_least_busy(
+        now = self._clock()
+        cached = self._allocated
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        choice = choose_least_busy(
             self._published_scores(),
-            self._core.online(),
-            now=time.time(),
+            self._lives,
+            now=now,
             stale_after=self._stale_after,
         )
+        # The answer holds until a score or membership changes, or for a second (the
+        # staleness of scores is judged at that granularity).
+        self._allocated = (choice, now + 1.0)
+        return choice
 
     def _on_hw_sample(self, cpu: float, ram: float) -> None:
         self._allocator.set("cpu", cpu)
@@ -630,6 +656,7 @@ class Node:
         else:
             self._lives.pop(name, None)
             self._peers.pop(name, None)
+        self._scores_changed()
         self._core.handle(event)
         if name == self.name:
             return
@@ -677,10 +704,13 @@ class Node:
             return
         if not changes:
             return
+        self._note_changes(changes)
         # Relay news epidemically, except score refreshes: they are frequent and
         # volatile, so the direct push plus anti-entropy carries them (no O(N²) relay).
-        if changes.shared or changes.removed_owners or any(
-            key != _SCORE_KEY for _, key in changes.owned
+        if (
+            changes.shared
+            or changes.removed_owners
+            or any(key != _SCORE_KEY for _, key in changes.owned)
         ):
             self._disseminate(message.payload, exclude=source)
         else:
@@ -726,9 +756,15 @@ class Node:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await channel.aclose()
 
+    def _note_changes(self, changes: Changes) -> None:
+        if changes.removed_owners or any(key == _SCORE_KEY for _, key in changes.owned):
+            self._scores_changed()
+
     def _merge_synced(self, delta: bytes) -> None:
         try:
-            if self._store.merge(delta):
+            changes = self._store.merge(delta)
+            if changes:
+                self._note_changes(changes)
                 self._roles_notify()
         except (CodecError, StoreError) as exc:
             self._deltas_bad += 1
@@ -797,8 +833,9 @@ class Node:
                 1.0, abs(last_score)
             )
             if material or now - last_at >= refresh:
-                value = {"s": score, "t": time.time()}
+                value = {"s": score, "t": self._clock()}
                 self._disseminate(self._store.put_own(_SCORE_KEY, value, volatile=True))
+                self._scores_changed()
                 last_score, last_at = score, now
             await trio.sleep(SCORE_MIN_INTERVAL)
 
@@ -813,7 +850,7 @@ class Node:
             "addr": str(self.address),
             "tags": list(self.config.tags),
             "version": __version__,
-            "started": time.time(),
+            "started": self._clock(),
         }
         self._store.put_own(_NODE_KEY, record)
         if self._store.durable:  # the memory backend has nothing to commit
@@ -831,6 +868,8 @@ class Node:
         mode = await nursery.start(self._locator.run)
         logger.info("node %s at %s: discovery finished (%s)", self.name, self.address, mode)
         assert self._roles is not None
+        if self._peers:
+            self._roles.hold_new_roles(JOIN_SETTLE)
         await nursery.start(self._roles.run)
         await self._roles.planned_once.wait()
         self._ready.set()
@@ -895,6 +934,7 @@ async def open_node(
     network: MemoryNetwork | None = None,
     seed: int | None = None,
     hw_sampler: Callable[[], tuple[float, float]] | None = None,
+    clock: Callable[[], float] = time.time,
     **overrides: Any,
 ) -> AsyncIterator[Node]:
     """Start a node and yield it once it serves; leave the cluster on exit.
@@ -907,6 +947,9 @@ async def open_node(
             simulations); the node binds ``config.bind:config.port`` on it.
         seed: seed of the node's random choices (reproducible tests).
         hw_sampler: replaces psutil as the CPU/RAM source (tests).
+        clock: wall-clock seconds for the store's HLC, score timestamps and
+            ``last_change``; tests under ``MockClock`` pass a function of
+            ``trio.current_time()`` so seeded runs replay exactly.
         **overrides: config keys, applied over *config*.
 
     Yields:
@@ -929,7 +972,7 @@ async def open_node(
     LocatorSettings.from_config(config)  # validates cluster_net against max_sweep_hosts
     name = config.node_name
     try:
-        store = open_store(config.store, owner=name)
+        store = open_store(config.store, owner=name, clock=clock)
     except StoreError as exc:
         raise ConfigError(f"store: {exc}") from None
     rng = random.Random(seed if seed is not None else int.from_bytes(os.urandom(8), "big"))
@@ -947,6 +990,7 @@ async def open_node(
                 params=params,
                 rng=rng,
                 sampler=hw_sampler,
+                clock=clock,
             )
             async with _node_nursery(node) as nursery:
                 await node._start(nursery)

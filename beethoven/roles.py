@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, NoReturn, Protocol
 
@@ -250,6 +251,7 @@ class RoleMgmt:
         self._starts = self._stops = self._crashes = self._plans = 0
         self.planned_once = trio.Event()
         self._closing = False
+        self._hold_until = -math.inf
 
     # --- queries --------------------------------------------------------------------
 
@@ -281,6 +283,17 @@ class RoleMgmt:
             plans=self._plans,
         )
 
+    def hold_new_roles(self, seconds: float) -> None:
+        """Take no role this node does not already host for *seconds* from now.
+
+        A node that has just joined plans from a store still catching up; it could
+        miss a holding published moments before and start a role that already runs
+        elsewhere. The node calls this after joining a cluster. Readiness (the first
+        plan) waits for the hold to end.
+        """
+        self._hold_until = max(self._hold_until, trio.current_time() + seconds)
+        self.notify()
+
     def notify(self) -> None:
         """Ask for a new plan soon (membership or store changed)."""
         self._wakeup.set()
@@ -311,14 +324,17 @@ class RoleMgmt:
             return
         plan = self.plan()
         self._plans += 1
+        holding_off = trio.current_time() < self._hold_until
         for name, nodes in plan.items():
             mine = self.node in nodes
             hosted = self._hosted.get(name)
             if mine and hosted is None:
-                self._start(name)
+                if not holding_off:
+                    self._start(name)
             elif not mine and hosted is not None and hosted.state != "stopping":
                 self._nursery.start_soon(self._stop, name, hosted)
-        self.planned_once.set()
+        if not holding_off:
+            self.planned_once.set()
 
     # --- running --------------------------------------------------------------------
 
@@ -338,7 +354,10 @@ class RoleMgmt:
                     self._wakeup = trio.Event()
                     self.reconcile()
                     await trio.sleep(self._gap)  # coalesce bursts of notifications
-                    with trio.move_on_after(max(0.0, self._interval - self._gap)):
+                    wait = max(0.0, self._interval - self._gap)
+                    if trio.current_time() < self._hold_until:
+                        wait = min(wait, self._hold_until - trio.current_time())
+                    with trio.move_on_after(wait):
                         await self._wakeup.wait()
             finally:
                 self._nursery = None

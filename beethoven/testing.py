@@ -31,6 +31,12 @@ from beethoven.transport.memory import MemoryNetwork
 __all__ = ["Cluster", "idle_role", "open_cluster"]
 
 PORT = 33000
+#: Wall-clock origin of virtual time: a seeded run under MockClock replays exactly.
+EPOCH = 1_700_000_000.0
+
+
+def _virtual_wall_clock() -> float:
+    return EPOCH + trio.current_time()
 
 
 async def idle_role(ctx: RoleContext) -> None:
@@ -121,7 +127,11 @@ class Cluster:
                 with trio.CancelScope() as scope:
                     slot.scope = scope
                     async with open_node(
-                        slot.config, network=self.network, seed=seed, hw_sampler=self._sampler
+                        slot.config,
+                        network=self.network,
+                        seed=seed,
+                        hw_sampler=self._sampler,
+                        clock=_virtual_wall_clock,
                     ) as node:
                         slot.node = node
                         task_status.started(node)
@@ -198,7 +208,7 @@ async def open_cluster(
         roles: roles every node declares.
         network: the network to use (a new seeded one by default).
         seed: seed of the network and of every node's random choices.
-        discovery: ``"seeds"`` (every node joins through ``n0``) or ``"sweep"``
+        discovery: ``"seeds"`` (every node joins through the first nodes) or ``"sweep"``
             (nodes find each other by sweeping a network that holds them all).
         hw_sampler: the CPU/RAM reading every node uses (psutil is not read).
         **config: further `Config` keys for every node (``preset="local"``, …).
@@ -223,9 +233,10 @@ async def open_cluster(
                 "cluster_net": ("10.0.0.0/24",),
             }
             if discovery == "seeds":
-                # n0 sweeps only itself (so starts standalone at once); the rest join it.
-                settings["cluster_net"] = (f"{_address(0).host}/32",)
-                settings["seeds"] = (str(_address(0)),) if i else ()
+                # No sweep (a /32 of its own address); join through the first three
+                # other nodes, so any node — n0 too — finds the cluster after a restart.
+                settings["cluster_net"] = (f"{address.host}/32",)
+                settings["seeds"] = tuple(str(_address(j)) for j in range(min(n, 4)) if j != i)[:3]
             settings.update(config)
             cluster.add(f"n{i}", Config(**settings))
         for name in cluster.names():

@@ -84,8 +84,35 @@ def test_returning_node_does_not_double_host() -> None:
 
 
 def test_busy_nodes_are_picked_less_often() -> None:
-    roles = [RoleDemand(f"r{i}", 1) for i in range(400)]
     scores = {"busy": 50.0, "idle": 0.0}
-    plan = plan_assignment(roles, ["busy", "idle"], {}, scores)
-    busy = sum(1 for holders in plan.values() if "busy" in holders)
-    assert busy < 40  # weight 1/51 vs 1: the idle node takes almost everything
+    busy = 0
+    for i in range(400):  # one role per plan: the load weight alone decides
+        plan = plan_assignment([RoleDemand(f"r{i}", 1)], ["busy", "idle"], {}, scores)
+        busy += "busy" in plan[f"r{i}"]
+    assert busy < 40  # weight 1/51 vs 1: the idle node takes almost every new role
+
+
+def test_roles_spread_instead_of_piling_up_on_one_node() -> None:
+    """Regression: with real scores (every node ~6) the score weight barely differs,
+    so 18 slots landed on 12 of 100 nodes with up to 7 on one node."""
+    roles = [RoleDemand(f"r{i}", 1 + i % 2) for i in range(12)]
+    nodes = [f"n{i}" for i in range(100)]
+    scores = {n: 6.13 + (0.1 if i % 3 == 0 else 0.0) for i, n in enumerate(nodes)}
+    plan = plan_assignment(roles, nodes, {}, scores)
+    per_node: dict[str, int] = {}
+    for holders in plan.values():
+        for n in holders:
+            per_node[n] = per_node.get(n, 0) + 1
+    assert max(per_node.values()) == 1  # 18 slots, 100 nodes: one each
+
+
+def test_a_node_without_a_score_is_not_preferred() -> None:
+    """Regression: an unknown score had weight 1 while any known score has weight
+    at most 1/3, so fresh joiners won every new holder pick."""
+    nodes = [f"n{i}" for i in range(10)]
+    scores = dict.fromkeys(nodes[1:], 6.0)  # n0 just joined: no score yet
+    on_new = 0
+    for i in range(200):
+        plan = plan_assignment([RoleDemand(f"r{i}", 1)], nodes, {}, scores)
+        on_new += "n0" in plan[f"r{i}"]
+    assert on_new < 40  # about 1/10 of 200, not nearly all

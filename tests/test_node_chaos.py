@@ -62,7 +62,7 @@ async def test_roles_settle_to_exact_counts_after_random_faults(
             down: set[str] = set()
             for step in range(8):
                 action = rng.choice(["crash", "crash", "restart", "partition"])
-                alive = [n for n in cluster.names() if n not in down and n != "n0"]
+                alive = [n for n in cluster.names() if n not in down]
                 if action == "crash" and len(alive) > N // 2:
                     victims = rng.sample(alive, rng.randint(1, 5))
                     for victim in victims:

@@ -77,6 +77,22 @@ def check_sim(command: str) -> None:
     assert "join_propagation_s" in result.stdout
 
 
+def check_bench_extra(command: str) -> None:
+    # Installing needs the package index; check instead that the extra exists and names
+    # the comparison's peer (tests/test_bench_suite.py runs the comparison itself).
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.search(r"^bench = \[.*swim-protocol", pyproject, flags=re.M)
+
+
+def check_bench_suite(command: str, tmp: Path | None = None) -> None:
+    # The whole --quick suite takes minutes: run the same command on its cheapest
+    # benchmark (the runner's other paths are covered by tests/test_bench_suite.py).
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"readme-bench-{os.getpid()}"
+    result = run(f"{command} --only wire --out {out}", timeout=300)
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    assert (out / "RESULTS.md").exists()
+
+
 def check_ruff(command: str) -> None:
     if shutil.which("ruff") is None:
         pytest.skip("ruff is in the dev extra, not installed here")
@@ -97,6 +113,8 @@ HANDLERS = {
     "python examples/embed.py": check_example,
     "beethoven keygen": check_keygen,
     "beethoven sim -n 1000 --scenario join --seconds 30": check_sim,
+    "python -m pip install -e '.[bench]'": check_bench_extra,
+    "python -m benchmarks --quick": check_bench_suite,
 }
 
 
