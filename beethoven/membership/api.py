@@ -167,9 +167,7 @@ class MembershipCore(Protocol):
     ) -> tuple[Message | None, list[Effect]]:
         """Answer one request that arrived on an inbound TCP stream."""
 
-    def handle_stream_reply(
-        self, now: float, token: int, reply: Message | None
-    ) -> list[Effect]:
+    def handle_stream_reply(self, now: float, token: int, reply: Message | None) -> list[Effect]:
         """Report the outcome of a `StreamRequest` effect."""
 
     def next_deadline(self) -> float:
@@ -186,4 +184,3 @@ class MembershipCore(Protocol):
 
     def stats(self) -> MembershipStats:
         """Counters since creation, as a frozen record."""
-

@@ -67,6 +67,11 @@ class SwimParams:
         pushpull_scale_threshold: N above which the push-pull period grows with log2 N.
         reconnect_interval: period of the attempt to push-pull with a random dead
             member (heals partitions); 0 disables.
+        join_sync_rounds: early push-pulls with a random member after a successful
+            join (at ``join_sync_delay``, then doubling), so a node that joined in a
+            burst learns the members that joined right after it (which no one
+            relays to it: they learned each other from join replies); 0 disables.
+        join_sync_delay: delay of the first early push-pull after a join.
         stream_timeout: timeout of push-pull and join streams.
         reap_after: dead and left members are forgotten this long after their last change.
         udp_payload: datagram payload budget in bytes.
@@ -94,6 +99,8 @@ class SwimParams:
     pushpull_interval: float = attrs.field(default=30.0, validator=_positive)
     pushpull_scale_threshold: int = attrs.field(default=32, validator=_positive)
     reconnect_interval: float = attrs.field(default=30.0, validator=_non_negative)
+    join_sync_rounds: int = attrs.field(default=3, validator=_non_negative)
+    join_sync_delay: float = attrs.field(default=1.0, validator=_positive)
     stream_timeout: float = attrs.field(default=10.0, validator=_positive)
     reap_after: float = attrs.field(default=24 * 3600.0, validator=_positive)
     udp_payload: int = attrs.field(default=1400, validator=_positive)
@@ -168,6 +175,7 @@ class SwimParams:
             suspicion_confirmations=2,
             reprobe_fanout=0,
             reconnect_interval=0.0,
+            join_sync_rounds=0,
             stall_threshold=1e9,
             datagram_overhead=0,
         )

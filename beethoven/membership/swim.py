@@ -173,6 +173,8 @@ class SwimCore:
         self._next_gossip = _INF
         self._last_gossip = -_INF
         self._next_pushpull = _INF
+        self._join_sync_left = 0  # early push-pulls still due after a join
+        self._join_sync_gap = 0.0
         self._next_reconnect = _INF
         self._next_reap = _INF
         # Suspicions and relays, with lazily invalidated heaps.
@@ -458,6 +460,12 @@ class SwimCore:
         if kind == _ST_JOIN:
             self._c_joins_ok += 1
             self._merge(now, reply.members, reply.sender, rebroadcast=False)
+            # Members that join right after us learn us from their join replies and
+            # never relay themselves to us: pull them with a few early push-pulls.
+            if self._p.join_sync_rounds > 0 and self._join_sync_left == 0:
+                self._join_sync_left = self._p.join_sync_rounds
+                self._join_sync_gap = self._p.join_sync_delay
+                self._next_pushpull = min(self._next_pushpull, now + self._join_sync_gap)
             return out
         self._merge(now, reply.members, reply.sender, rebroadcast=True)
         if kind == _ST_PP1 and reply.digest and reply.root != self._table.root_bytes():
@@ -1046,6 +1054,11 @@ class SwimCore:
 
     def _pushpull_tick(self, now: float) -> None:
         self._next_pushpull = now + self._pushpull_period()
+        if self._join_sync_left > 0:
+            self._join_sync_left -= 1
+            if self._join_sync_left > 0:
+                self._join_sync_gap *= 2
+                self._next_pushpull = min(self._next_pushpull, now + self._join_sync_gap)
         if self._left:
             self._next_pushpull = _INF
             return
