@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import resource
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,28 +29,7 @@ import attrs
 from beethoven.membership.api import MemberEventKind
 from beethoven.membership.params import SwimParams
 from beethoven.sim import Simulator, percentile
-
-Row = dict[str, Any]
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "-"
-        return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
-    return str(v)
-
-
-def _print_table(title: str, rows: list[Row]) -> None:
-    print(f"\n== {title}")
-    if not rows:
-        return
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols}
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in rows:
-        print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in cols))
-    sys.stdout.flush()
+from benchmarks.tables import Row, print_table
 
 
 def bench_join(
@@ -95,7 +73,7 @@ def bench_join(
                     "wall_s": time.perf_counter() - t0,
                 }
             )
-            _print_table(f"join N={n} loss={loss}", rows[-1:])
+            print_table(f"join N={n} loss={loss}", rows[-1:])
     return rows
 
 
@@ -136,7 +114,7 @@ def bench_detection(ns: list[int], crashes: dict[int, int], seed: int) -> list[R
                     "wall_s": time.perf_counter() - t0,
                 }
             )
-            _print_table(f"detection {preset} N={n}", rows[-1:])
+            print_table(f"detection {preset} N={n}", rows[-1:])
     return rows
 
 
@@ -161,7 +139,7 @@ def bench_loss(cases: list[tuple[int, float, float]], seed: int) -> list[Row]:
                 "wall_s": time.perf_counter() - t0,
             }
         )
-        _print_table(f"false positives under loss {loss}", rows[-1:])
+        print_table(f"false positives under loss {loss}", rows[-1:])
     return rows
 
 
@@ -181,9 +159,7 @@ def bench_slow(n: int, seconds: float, seed: int) -> list[Row]:
             healthy = sum(1 for r in sim.false_suspicion_log if r.subject != "n0")
             of_slow = sum(1 for r in sim.false_suspicion_log if r.subject == "n0")
             deaths_healthy = sum(1 for r in sim.false_death_log if r.subject != "n0")
-            deaths_slow = len(
-                {round(r.time) for r in sim.false_death_log if r.subject == "n0"}
-            )
+            deaths_slow = len({round(r.time) for r in sim.false_death_log if r.subject == "n0"})
             rows.append(
                 {
                     "stall": f"{mode} {duration:g}s/{every:g}s",
@@ -197,7 +173,7 @@ def bench_slow(n: int, seconds: float, seed: int) -> list[Row]:
                     "wall_s": time.perf_counter() - t0,
                 }
             )
-            _print_table("slow node", rows[-1:])
+            print_table("slow node", rows[-1:])
     return rows
 
 
@@ -221,7 +197,7 @@ def bench_bandwidth(n: int, warm: float, seconds: float, seed: int) -> list[Row]
     }
     for k, v in sorted(delta.items()):
         row[f"{k}_B/s"] = v / n / seconds
-    _print_table(f"steady-state bandwidth N={n}", [row])
+    print_table(f"steady-state bandwidth N={n}", [row])
     return [row]
 
 
@@ -243,7 +219,7 @@ def bench_speed(ns: list[int], seconds: float, seed: int) -> list[Row]:
                 "maxrss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
         )
-        _print_table("simulator speed", rows[-1:])
+        print_table("simulator speed", rows[-1:])
         if speed < 1.0:
             break
     return rows
@@ -292,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = sections[name]()
     results["total_wall_s"] = time.perf_counter() - t0
     for name in chosen:
-        _print_table(name, results[name])
+        print_table(name, results[name])
     print(f"\ntotal wall time {results['total_wall_s']:.0f} s")
     if args.json:
         with open(args.json, "w") as f:

@@ -39,7 +39,6 @@ import json
 import math
 import random
 import statistics
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -53,8 +52,7 @@ from beethoven.core import NodeStatus, NodeUpdate
 from beethoven.node import Node
 from beethoven.roles import Role, RoleContext
 from beethoven.testing import Cluster, open_cluster
-
-Row = dict[str, Any]
+from benchmarks.tables import Row, print_table
 
 #: Seconds of virtual time between two samples of the running sets.
 SAMPLE_STEP = 0.1
@@ -398,7 +396,7 @@ async def bench_partitions(
                 "missing_s": during.missing_s + after.missing_s,
             }
         )
-        _print_table(f"partition event {k}", rows[-1:])
+        print_table(f"partition event {k}", rows[-1:])
         await trio.sleep(rng.uniform(2.0, 5.0))
     return rows
 
@@ -442,12 +440,12 @@ async def run_all(settings: Settings) -> dict[str, Any]:
             "nodes_hosting": len(per_node),
             "max_roles_on_one_node": max(per_node.values()),
         }
-        _print_table("boot (until settled)", [result["boot"]])
+        print_table("boot (until settled)", [result["boot"]])
         wall["boot"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
         result["local_reads"] = bench_local_reads(cluster, settings)
-        _print_table("local reads, wall clock", result["local_reads"])
+        print_table("local reads, wall clock", result["local_reads"])
         wall["local_reads"] = time.perf_counter() - t1
 
         t1, v1 = time.perf_counter(), trio.current_time()
@@ -465,8 +463,8 @@ async def run_all(settings: Settings) -> dict[str, Any]:
             "peak_dup": crash_tally.peak_excess,
             "missing_s": crash_tally.missing_s,
         }
-        _print_table("takeover (virtual time)", result["takeover"])
-        _print_table("crash phase: duplicates without partitions", [result["crash_phase"]])
+        print_table("takeover (virtual time)", result["takeover"])
+        print_table("crash phase: duplicates without partitions", [result["crash_phase"]])
         wall["crashes"] = time.perf_counter() - t1
 
         t1, v1 = time.perf_counter(), trio.current_time()
@@ -525,26 +523,6 @@ def summarize_takeover(samples: list[Row]) -> list[Row]:
             }
         )
     return rows
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "-"
-        return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
-    return str(v)
-
-
-def _print_table(title: str, rows: list[Row]) -> None:
-    print(f"\n== {title}")
-    if not rows:
-        return
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols}
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in rows:
-        print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in cols))
-    sys.stdout.flush()
 
 
 def verdicts(result: dict[str, Any]) -> list[Row]:
@@ -616,15 +594,15 @@ def main(argv: list[str] | None = None) -> int:
     result["settings"] = attrs.asdict(settings)
     result["quick"] = args.quick
     result["verdicts"] = verdicts(result)
-    _print_table("takeover (virtual time)", result["takeover"])
-    _print_table("duplicates without partitions (crash phase)", [result["crash_phase"]])
-    _print_table("duplicate-holder seconds per partition event", result["partitions"])
-    _print_table("local reads, wall clock µs", result["local_reads"])
+    print_table("takeover (virtual time)", result["takeover"])
+    print_table("duplicates without partitions (crash phase)", [result["crash_phase"]])
+    print_table("duplicate-holder seconds per partition event", result["partitions"])
+    print_table("local reads, wall clock µs", result["local_reads"])
     print(
         "(median: best of the runs; p99 on a shared machine mostly shows the process being "
         "descheduled, not the call)"
     )
-    _print_table("targets", result["verdicts"])
+    print_table("targets", result["verdicts"])
     wall = result["wall_s"]
     print("\nwall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items()))
     if args.json:
