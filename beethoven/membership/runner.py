@@ -74,19 +74,6 @@ class RunnerStats:
     events: FanoutStats
 
 
-@attrs.define
-class _Counters:
-    datagrams_received: int = 0
-    datagrams_sent: int = 0
-    datagrams_dropped_queue_full: int = 0
-    datagrams_unpackable: int = 0
-    streams_served: int = 0
-    streams_bad_first_frame: int = 0
-    stream_requests: int = 0
-    stream_requests_failed: int = 0
-    core_errors: int = 0
-
-
 class MembershipRunner:
     """Runs a `MembershipCore` on a transport until cancelled.
 
@@ -128,7 +115,10 @@ class MembershipRunner:
         self._pending: dict[int, trio.Event] = {}
         self._awaited: set[int] = set()  # join() tokens whose outcome someone waits for
         self._results: dict[int, bool] = {}
-        self._n = _Counters()
+        # One counter per int field of RunnerStats (``events`` comes from the fan-out).
+        self._n = dict.fromkeys(
+            (f.name for f in attrs.fields(RunnerStats) if f.name != "events"), 0
+        )
         self._running = False
 
     # --- public API -----------------------------------------------------------------
@@ -215,19 +205,7 @@ class MembershipRunner:
 
     def stats(self) -> RunnerStats:
         """Current counters."""
-        n = self._n
-        return RunnerStats(
-            datagrams_received=n.datagrams_received,
-            datagrams_sent=n.datagrams_sent,
-            datagrams_dropped_queue_full=n.datagrams_dropped_queue_full,
-            datagrams_unpackable=n.datagrams_unpackable,
-            streams_served=n.streams_served,
-            streams_bad_first_frame=n.streams_bad_first_frame,
-            stream_requests=n.stream_requests,
-            stream_requests_failed=n.stream_requests_failed,
-            core_errors=n.core_errors,
-            events=self._events.stats(),
-        )
+        return RunnerStats(**self._n, events=self._events.stats())
 
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -259,7 +237,7 @@ class MembershipRunner:
         try:
             effects = fn()
         except Exception:
-            self._n.core_errors += 1
+            self._n["core_errors"] += 1
             logger.exception("membership core failed in %s; input dropped", what)
             return []
         return self._apply(effects)
@@ -283,26 +261,26 @@ class MembershipRunner:
         try:
             datagrams = self.packets.pack(effect.messages)
         except (CodecError, SecurityError) as exc:
-            self._n.datagrams_unpackable += 1
+            self._n["datagrams_unpackable"] += 1
             logger.debug("cannot pack datagram for %s: %s", effect.to, exc)
             return
         for data in datagrams:
             try:
                 self._send_in.send_nowait((data, effect.to))
             except trio.WouldBlock:
-                self._n.datagrams_dropped_queue_full += 1
+                self._n["datagrams_dropped_queue_full"] += 1
 
     # --- tasks ----------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
         async for data, to in self._send_out:
             await self.transport.send_datagram(data, to)
-            self._n.datagrams_sent += 1
+            self._n["datagrams_sent"] += 1
 
     async def _receive_loop(self) -> None:
         while True:
             data, source = await self.transport.receive_datagram()
-            self._n.datagrams_received += 1
+            self._n["datagrams_received"] += 1
             messages = self.packets.unpack(data, source)
             if messages:
                 self._deliver(source, messages)
@@ -319,7 +297,7 @@ class MembershipRunner:
                 try:
                     handler(source, message)
                 except Exception:
-                    self._n.core_errors += 1
+                    self._n["core_errors"] += 1
                     logger.exception("datagram handler for %s failed", type(message).__name__)
             messages = core_messages
         if messages:
@@ -341,10 +319,10 @@ class MembershipRunner:
                 await self._kick.wait()
 
     async def _stream_request(self, request: StreamRequest) -> None:
-        self._n.stream_requests += 1
+        self._n["stream_requests"] += 1
         reply = await self._request(request.to, request.message, request.timeout)
         if reply is None:
-            self._n.stream_requests_failed += 1
+            self._n["stream_requests_failed"] += 1
         if request.token in self._awaited:
             self._results[request.token] = reply is not None
         self._call(
@@ -366,10 +344,10 @@ class MembershipRunner:
             try:
                 first = await channel.receive()
             except _NETWORK_ERRORS as exc:
-                self._n.streams_bad_first_frame += 1
+                self._n["streams_bad_first_frame"] += 1
                 logger.debug("dropped stream from %s: %r", peer, exc)
                 return
-            self._n.streams_served += 1
+            self._n["streams_served"] += 1
             handler = self._handlers.get(type(first))
             if handler is not None:
                 await handler(channel, peer, first)
@@ -378,7 +356,7 @@ class MembershipRunner:
             try:
                 reply, effects = self.core.handle_stream(trio.current_time(), peer, first)
             except Exception:
-                self._n.core_errors += 1
+                self._n["core_errors"] += 1
                 logger.exception("membership core failed on a stream from %s", peer)
                 return
             self._apply(effects)
