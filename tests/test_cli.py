@@ -162,3 +162,17 @@ def test_sim_prints_metrics_and_writes_json(tmp_path: Path) -> None:
     data = json.loads(out.read_text(encoding="utf-8"))
     assert data["nodes"] == 50
     assert data["detection_s"]["count"] > 0
+
+
+def test_sim_plot_writes_a_png_or_says_what_is_missing(tmp_path: Path) -> None:
+    png = tmp_path / "crash.png"
+    result = run("sim", "-n", "30", "--seconds", "20", "--plot", str(png))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert result.returncode == 1
+        assert "pip install 'beethoven[bench]'" in result.stderr
+        assert "Traceback" not in result.stderr
+    else:
+        assert result.returncode == 0, result.stderr
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
