@@ -9,6 +9,7 @@ import pytest
 import trio
 import trio.testing
 
+from beethoven.address import Address
 from beethoven.config import Config
 from beethoven.core import NodeStatus, NodeUpdate
 from beethoven.errors import ConfigError
@@ -16,6 +17,9 @@ from beethoven.node import NodeMode, open_node
 from beethoven.roles import Role, RoleContext
 from beethoven.testing import Cluster, open_cluster
 from beethoven.transport.memory import MemoryNetwork
+from beethoven.wire.codec import encode_compound
+from beethoven.wire.messages import StoreDelta
+from beethoven.wire.packet import PacketCodec
 
 
 class Hosting:
@@ -227,3 +231,34 @@ async def test_a_users_exception_comes_out_unwrapped(
         async with open_node(Config(name="x", bind="10.0.0.1"), network=net):
             raise KeyError("mine")
     assert net.attached() == []
+
+
+async def test_garbage_from_the_network_is_counted_and_harms_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Bad datagrams, a forged store delta and a garbage stream reach a running node."""
+    with trio.fail_after(120):
+        async with open_cluster(2) as cluster:
+            await cluster.wait_ready()
+            await cluster.wait_for(cluster.converged)
+            target = cluster.node("n1")
+            before = target.stats()
+            async with cluster.network.attach(Address("10.9.9.9", 1)) as rogue:
+                for junk in (b"", b"\x00" * 7, b"garbage" * 50, bytes(range(256))):
+                    await rogue.send_datagram(junk, target.address)
+                # a well-formed packet carrying a store delta that is not a delta
+                packet = PacketCodec(None).seal(encode_compound([StoreDelta(b"\xc1junk")]))
+                await rogue.send_datagram(packet, target.address)
+                stream = await rogue.connect(target.address, timeout=5)
+                await stream.send_all(b"\xff" * 64)
+                await stream.aclose()
+                await trio.sleep(2)
+            after = target.stats()
+            assert after.wire.dropped >= before.wire.dropped + 4
+            assert after.store_deltas_bad == before.store_deltas_bad + 1
+            assert after.runner.streams_bad_first_frame >= before.runner.streams_bad_first_frame + 1
+            assert after.runner.core_errors == 0
+            # the node is unharmed and its state uncorrupted
+            cluster.node("n0").kv.put("still", "works")
+            await cluster.wait_for(lambda: target.kv.get("still") == "works")
+            assert target.stats().store.owners == 2
