@@ -266,14 +266,10 @@ class _View:
         node = self._node
         holding = {"epoch": epoch, "gen": node._generation}
         node._disseminate(node._store.put_own(("hold", role), holding))
-        node._allocator.set("roles", len(node._roles.hosting()) if node._roles else 0)
-        node._score_changed()
 
     def release_holding(self, role: str) -> None:
         node = self._node
         node._disseminate(node._store.delete_own(("hold", role)))
-        node._allocator.set("roles", len(node._roles.hosting()) if node._roles else 0)
-        node._score_changed()
 
 
 class Node:
@@ -349,13 +345,12 @@ class Node:
             hw_kwargs["sampler"] = sampler
         self.hwmon = HwMon(config.hwmon_interval, on_sample=self._on_hw_sample, **hw_kwargs)
         self._view = _View(self)
-        self._roles: RoleMgmt | None = None
         self._roles = RoleMgmt(
             self.name,
             config.roles,
             self._view,
             self._view,
-            on_change=self._score_changed,
+            on_change=self._hosting_changed,
         )
         self.kv = ClusterKV(self)
         self._ready = trio.Event()
@@ -466,7 +461,7 @@ class Node:
 
     def role_status(self) -> list[RoleStatus]:
         """Status of the role tasks running on this node."""
-        return self._roles.status() if self._roles else []
+        return self._roles.status()
 
     # --- allocator ------------------------------------------------------------------
 
@@ -546,6 +541,11 @@ class Node:
         self._allocator.set("ram", ram)
         self._score_changed()
 
+    def _hosting_changed(self) -> None:
+        """RoleMgmt started or stopped a role here: update the built-in ``roles`` signal."""
+        self._allocator.set("roles", len(self._roles.hosting()))
+        self._score_changed()
+
     def _score_changed(self) -> None:
         self._score_dirty.set()
 
@@ -553,7 +553,6 @@ class Node:
 
     def stats(self) -> NodeStats:
         """Every counter of the node, by service."""
-        assert self._roles is not None
         return NodeStats(
             name=self.name,
             mode=self.get_node_status(),
@@ -606,7 +605,7 @@ class Node:
                 "mode": self.get_node_status(),
                 "ready": self.is_ready(),
                 "online": self.get_active_cluster_nodes(),
-                "hosting": self._roles.hosting() if self._roles else [],
+                "hosting": self._roles.hosting(),
                 "score": round(self._allocator.score(), 4),
                 "allocate": self.allocate(),
                 "version": __version__,
@@ -687,11 +686,7 @@ class Node:
                 self._runner.send(peer, [message])
             elif self._nursery is not None:
                 self._nursery.start_soon(self._store_sync, peer)
-        self._roles_notify()
-
-    def _roles_notify(self) -> None:
-        if self._roles is not None:
-            self._roles.notify()
+        self._roles.notify()
 
     def _on_store_delta(self, source: Address, message: Message) -> None:
         assert isinstance(message, StoreDelta)
@@ -714,7 +709,7 @@ class Node:
         ):
             self._disseminate(message.payload, exclude=source)
         else:
-            self._roles_notify()
+            self._roles.notify()
 
     async def _store_sync(self, peer: Address) -> bool:
         """One anti-entropy exchange with *peer* (this node opens)."""
@@ -765,7 +760,7 @@ class Node:
             changes = self._store.merge(delta)
             if changes:
                 self._note_changes(changes)
-                self._roles_notify()
+                self._roles.notify()
         except (CodecError, StoreError) as exc:
             self._deltas_bad += 1
             logger.debug("bad store sync delta: %s", exc)
@@ -867,7 +862,6 @@ class Node:
         """Discovery, then the first role plan, then ready (in the background)."""
         mode = await nursery.start(self._locator.run)
         logger.info("node %s at %s: discovery finished (%s)", self.name, self.address, mode)
-        assert self._roles is not None
         if self._peers:
             self._roles.hold_new_roles(JOIN_SETTLE)
         await nursery.start(self._roles.run)
@@ -875,7 +869,6 @@ class Node:
         self._ready.set()
 
     async def _stop(self) -> None:
-        assert self._roles is not None
         if self._killed:
             return
         with trio.move_on_after(LEAVE_TIMEOUT) as scope:
