@@ -342,6 +342,22 @@ class _Budget:
         return False
 
 
+def _fitting_prefix(head_len: int, packed: list[bytes], budget: _Budget) -> int:
+    """How many leading entries fit in what is left of *budget* after the head.
+
+    The first entry of a reply is always taken, even past the budget, so a single
+    oversized entry still makes progress.
+    """
+    n = 0
+    size = head_len + 5
+    for p in packed:
+        if size + len(p) > budget.left and not (n == 0 and not budget.used_any):
+            break
+        size += len(p)
+        n += 1
+    return n
+
+
 def _cut_owner_chunk(c: OwnerChunk, budget: _Budget) -> tuple[bytes | None, bool]:
     """Encode as much of ``c`` as fits; return ``(bytes or None, truncated)``."""
     if c.reset:
@@ -356,13 +372,7 @@ def _cut_owner_chunk(c: OwnerChunk, budget: _Budget) -> tuple[bytes | None, bool
         return head + codec._array(packed, len(packed)), False
     # Cut: keep a prefix of entries in version order; the claim stops just before
     # the first entry left out, so every claimed version's entry is included.
-    n = 0
-    size = len(head) + 5
-    for p in packed:
-        if size + len(p) > budget.left and not (n == 0 and not budget.used_any):
-            break
-        size += len(p)
-        n += 1
+    n = _fitting_prefix(len(head), packed, budget)
     if n == 0:
         return None, True
     claim = cover_clip(c.cover, c.entries[n].version - 1)
@@ -379,13 +389,7 @@ def _cut_writer_chunk(c: WriterChunk, budget: _Budget) -> tuple[bytes | None, bo
     total = len(head) + 5 + sum(map(len, packed))
     if budget.take(total):
         return head + codec._array(packed, len(packed)), False
-    n = 0
-    size = len(head) + 5
-    for p in packed:
-        if size + len(p) > budget.left and not (n == 0 and not budget.used_any):
-            break
-        size += len(p)
-        n += 1
+    n = _fitting_prefix(len(head), packed, budget)
     if n == 0:
         return None, True
     claim = cover_clip(c.cover, c.entries[n].seq - 1)
