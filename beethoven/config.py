@@ -30,6 +30,10 @@ PRESETS = ("lan", "wan", "local")
 
 ENV_PREFIX = "BEETHOVEN_"
 
+#: Bytes a TCP frame needs beyond one ``max_value`` value: a store sync reply also
+#: carries up to the store's 60 000-byte delta budget, chunk heads and a digest.
+FRAME_OVERHEAD = 256 * 1024
+
 
 def _positive(name: str, value: float) -> None:
     if not (isinstance(value, int | float) and not isinstance(value, bool)):
@@ -78,6 +82,30 @@ def _to_roles(value: Any) -> tuple[Role, ...]:
     return tuple(roles)
 
 
+def _as_tuple(value: Any) -> Any:
+    """Bring a list-valued key to a tuple; a lone string is a one-item list.
+
+    Anything else that is not a list, tuple or set is left as is, for the validation
+    to refuse with a `ConfigError` naming the key.
+    """
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list | tuple):
+        return tuple(value)
+    if isinstance(value, set | frozenset):
+        return tuple(sorted(value, key=repr))
+    return value
+
+
+def _check_strings(key: str, value: Any, one: str, many: str) -> None:
+    """Refuse a list-valued key that is not a tuple of non-empty strings."""
+    if not isinstance(value, tuple):
+        raise ConfigError(f"{key}: expected a list of {many}, got {value!r}")
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(f"{key}: every {one} must be a non-empty string, got {item!r}")
+
+
 def _default_name(port: int) -> str:
     return f"{socket.gethostname()}:{port}"
 
@@ -115,7 +143,10 @@ class Config:
             keys ``name``, ``count``, ``run`` (``"package.module:function"``),
             ``args`` and ``eligible``.
         max_payload: largest UDP payload in bytes.
-        max_frame: largest TCP frame in bytes.
+        max_frame: largest TCP frame in bytes; it must hold a ``max_value`` value
+            plus `FRAME_OVERHEAD` (a store sync reply carries one such value).
+        max_value: largest value a ``kv.put`` (or any store write) accepts, in bytes
+            of its msgpack encoding; a larger one raises ``StoreError``.
     """
 
     name: str | None = None
@@ -123,24 +154,25 @@ class Config:
     bind: str = "127.0.0.1"
     port: int = 33000
     advertise: str | None = None
-    cluster_net: tuple[str, ...] = ("127.0.0.0/29",)
-    seeds: tuple[str, ...] = ()
+    cluster_net: tuple[str, ...] = attrs.field(default=("127.0.0.0/29",), converter=_as_tuple)
+    seeds: tuple[str, ...] = attrs.field(default=(), converter=_as_tuple)
     sweeps: int = 3
     connect_timeout: float = 0.25
-    backoff: tuple[float, float] = (0.15, 0.30)
+    backoff: tuple[float, float] = attrs.field(default=(0.15, 0.30), converter=_as_tuple)
     sweep_concurrency: int = 64
     max_sweep_hosts: int = 4096
     resweep_interval: float = 30.0
-    keys: tuple[str, ...] = ()
+    keys: tuple[str, ...] = attrs.field(default=(), converter=_as_tuple)
     preset: str = "lan"
     membership: Mapping[str, float] = attrs.field(factory=dict)
     store: str = "memory://"
     reap_after: float = 24 * 3600.0
     hwmon_interval: float = 5.0
-    tags: tuple[str, ...] = ()
+    tags: tuple[str, ...] = attrs.field(default=(), converter=_as_tuple)
     roles: tuple[Role, ...] = attrs.field(default=(), converter=_to_roles)
     max_payload: int = 1400
     max_frame: int = 20 * 2**20
+    max_value: int = 2**20
 
     def __attrs_post_init__(self) -> None:
         """Validate every key; raise `ConfigError` naming the first bad one."""
@@ -149,6 +181,8 @@ class Config:
         if not isinstance(self.cluster, str) or not self.cluster or len(self.cluster) > 64:
             raise ConfigError(f"cluster: must be 1..64 characters, got {self.cluster!r}")
         try:
+            if not isinstance(self.bind, str):
+                raise TypeError(self.bind)
             ipaddress.ip_address(self.bind)
         except (ValueError, TypeError):
             raise ConfigError(f"bind: {self.bind!r} is not an IP address") from None
@@ -159,10 +193,13 @@ class Config:
         ):
             raise ConfigError(f"port: must be 0..65535, got {self.port!r}")
         if self.advertise is not None:
+            if not isinstance(self.advertise, str):
+                raise ConfigError(f"advertise: expected 'host[:port]' text, got {self.advertise!r}")
             try:
                 parse_address(self.advertise, default_port=self.port)
             except ConfigError as exc:
                 raise ConfigError(f"advertise: {exc}") from None
+        _check_strings("cluster_net", self.cluster_net, "network", "networks")
         if not self.cluster_net:
             raise ConfigError("cluster_net: at least one network is required")
         for net in self.cluster_net:
@@ -170,6 +207,7 @@ class Config:
                 ipaddress.ip_network(net, strict=False)
             except (ValueError, TypeError):
                 raise ConfigError(f"cluster_net: {net!r} is not a CIDR network") from None
+        _check_strings("seeds", self.seeds, "seed address", "seed addresses")
         for seed in self.seeds:
             try:
                 parse_address(seed, default_port=self.port)
@@ -177,7 +215,7 @@ class Config:
                 raise ConfigError(f"seeds: {exc}") from None
         _positive_int("sweeps", self.sweeps, maximum=100)
         _positive("connect_timeout", self.connect_timeout)
-        if len(self.backoff) != 2:
+        if not isinstance(self.backoff, tuple) or len(self.backoff) != 2:
             raise ConfigError(f"backoff: expected [low, high], got {self.backoff!r}")
         low, high = self.backoff
         _positive("backoff", low)
@@ -187,24 +225,35 @@ class Config:
         _positive_int("sweep_concurrency", self.sweep_concurrency, maximum=4096)
         _positive_int("max_sweep_hosts", self.max_sweep_hosts, maximum=2**20)
         _positive("resweep_interval", self.resweep_interval)
+        if not isinstance(self.keys, tuple):
+            raise ConfigError("keys: expected a list of base64 keys")
         for key in self.keys:
             if not isinstance(key, str) or not key:
                 raise ConfigError("keys: every key must be non-empty base64 text")
         if self.preset not in PRESETS:
             raise ConfigError(f"preset: must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        if not isinstance(self.membership, Mapping):
+            raise ConfigError(
+                f"membership: expected a table of parameter = value, got {self.membership!r}"
+            )
         for param, value in self.membership.items():
             _positive(f"membership.{param}", value)
         if not isinstance(self.store, str) or "://" not in self.store:
             raise ConfigError(f"store: expected a URL such as 'memory://', got {self.store!r}")
         _positive("reap_after", self.reap_after)
         _positive("hwmon_interval", self.hwmon_interval)
-        for tag in self.tags:
-            if not isinstance(tag, str) or not tag:
-                raise ConfigError(f"tags: every tag must be a non-empty string, got {tag!r}")
+        _check_strings("tags", self.tags, "tag", "tags")
         _positive_int("max_payload", self.max_payload, maximum=65507)
         if self.max_payload < 512:
             raise ConfigError(f"max_payload: must be at least 512, got {self.max_payload}")
         _positive_int("max_frame", self.max_frame, maximum=2**30)
+        _positive_int("max_value", self.max_value, maximum=2**30)
+        if self.max_frame < self.max_value + FRAME_OVERHEAD:
+            raise ConfigError(
+                f"max_frame: {self.max_frame} bytes cannot carry a max_value value"
+                f" ({self.max_value} bytes) plus {FRAME_OVERHEAD} bytes of sync overhead;"
+                f" raise max_frame to at least {self.max_value + FRAME_OVERHEAD} or lower max_value"
+            )
 
     @property
     def node_name(self) -> str:
