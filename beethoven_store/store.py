@@ -101,7 +101,12 @@ class StoreConfig:
         version_headroom: How far ahead of use the own-version ceiling is persisted.
         flush_interval: Seconds between group commits in :meth:`Store.run`.
         flush_rows: Pending rows that wake :meth:`Store.run` early.
-        budget_bytes: Default byte budget of :meth:`Store.delta_since` / :meth:`Store.reconcile`.
+        budget_bytes: Default byte budget of :meth:`Store.delta_since` / :meth:`Store.reconcile`
+            (soft: a reply exceeds it by at most one entry, so a value larger than
+            the budget is still sent, alone).
+        max_value: Largest value a local write accepts, in bytes of its msgpack
+            encoding (the node's ``max_value`` config key); larger ones raise
+            `StoreError`. Merged values are not checked against it.
         max_cloud: Cover intervals kept per owner beyond the contiguous prefix.
         subscriber_buffer: Default buffer of :meth:`Store.subscribe`.
     """
@@ -114,6 +119,7 @@ class StoreConfig:
     flush_interval: float = 0.05
     flush_rows: int = 1000
     budget_bytes: int = 60_000
+    max_value: int = 1_048_576
     max_cloud: int = 64
     subscriber_buffer: int = 64
 
@@ -587,13 +593,24 @@ class Store:
             The delta to gossip.
 
         Raises:
-            StoreError: For an invalid key or value, or a closed store.
+            StoreError: For an invalid key or value, a value larger than
+                ``config.max_value`` bytes encoded, or a closed store.
         """
         self._check_writable()
         codec.validate_key(key)
         canon = codec.canonical_value(value)
-        raw: bytes = _pack(canon)
+        raw = self._encode_value(canon)
         return self._write_own(key, raw, canon, volatile)
+
+    def _encode_value(self, canon: Value) -> bytes:
+        raw: bytes = _pack(canon)
+        limit = self.config.max_value
+        if len(raw) > limit:
+            raise StoreError(
+                f"value too large: {len(raw)} bytes encoded, above the limit of {limit} bytes"
+                " (config key max_value)"
+            )
+        return raw
 
     def delete_own(self, key: Key) -> Delta:
         """Delete ``key`` from this node's own keyspace (a tombstone).
@@ -633,12 +650,13 @@ class Store:
             The delta to gossip.
 
         Raises:
-            StoreError: For an invalid key or value, or a closed store.
+            StoreError: For an invalid key or value, a value larger than
+                ``config.max_value`` bytes encoded, or a closed store.
         """
         self._check_writable()
         codec.validate_key(key)
         canon = codec.canonical_value(value)
-        return self._write_lww(key, _pack(canon), canon)
+        return self._write_lww(key, self._encode_value(canon), canon)
 
     def delete(self, key: Key) -> Delta:
         """Delete ``key`` from the LWW map (a tombstone that wins over older writes).

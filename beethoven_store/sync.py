@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -336,68 +336,91 @@ class _Budget:
 
     def take(self, n: int, force: bool = False) -> bool:
         if n <= self.left or (force and not self.used_any):
-            self.left -= n
-            self.used_any = True
+            self.spend(n)
             return True
         return False
 
+    def spend(self, n: int) -> None:
+        """Account for *n* bytes sent whatever is left (an overshoot ends the reply)."""
+        self.left -= n
+        self.used_any = True
+
 
 def _fitting_prefix(head_len: int, packed: list[bytes], budget: _Budget) -> int:
-    """How many leading entries fit in what is left of *budget* after the head.
+    """How many leading entries of a chunk to send from what is left of *budget*.
 
-    The first entry of a reply is always taken, even past the budget, so a single
-    oversized entry still makes progress.
+    The budget is soft: entries are taken while some of it is left, and the entry
+    that crosses it is still taken; so is the first entry of a reply. An entry
+    larger than the whole budget is thus sent (alone, or after what fitted before
+    it) rather than never: every reply makes progress, and a reply exceeds the
+    budget by at most one entry and its chunk head.
     """
     n = 0
     size = head_len + 5
     for p in packed:
-        if size + len(p) > budget.left and not (n == 0 and not budget.used_any):
+        if size >= budget.left and (n or budget.used_any):
             break
         size += len(p)
         n += 1
     return n
 
 
+def _cut(
+    cover: Cover,
+    head_of: Callable[[Cover], bytes],
+    numbers: list[int],
+    packed: list[bytes],
+    budget: _Budget,
+) -> tuple[bytes | None, bool]:
+    """Send a whole chunk if it fits, else the prefix `_fitting_prefix` allows.
+
+    ``numbers`` are the entries' versions (owner) or seqs (writer), ascending. A
+    cut chunk claims ``cover`` only below the first entry left out, so every
+    claimed number's entry is included and the receiver skips nothing.
+    """
+    head = head_of(cover)
+    whole = head + codec._array(packed, len(packed))
+    if budget.take(len(whole)):
+        return whole, False
+    n = _fitting_prefix(len(head), packed, budget)
+    if n == len(packed) and (n or not budget.used_any):
+        # Every entry is in (the last one crossed the budget): nothing is left out.
+        budget.spend(len(whole))
+        budget.left = min(budget.left, 0)
+        return whole, False
+    if n == 0:
+        return None, True
+    enc = head_of(cover_clip(cover, numbers[n] - 1)) + codec._array(packed[:n], n)
+    budget.spend(len(enc))
+    budget.left = min(budget.left, 0)
+    return enc, True
+
+
 def _cut_owner_chunk(c: OwnerChunk, budget: _Budget) -> tuple[bytes | None, bool]:
-    """Encode as much of ``c`` as fits; return ``(bytes or None, truncated)``."""
+    """Encode as much of ``c`` as the budget allows; return ``(bytes or None, truncated)``."""
     if c.reset:
         enc = codec.encode_owner_chunk(c)
         if budget.take(len(enc), force=True):
             return enc, False
         return None, True
-    head = codec.owner_chunk_head(c)
-    packed = [codec.pack_entry(e) for e in c.entries]
-    total = len(head) + 5 + sum(map(len, packed))
-    if budget.take(total):
-        return head + codec._array(packed, len(packed)), False
-    # Cut: keep a prefix of entries in version order; the claim stops just before
-    # the first entry left out, so every claimed version's entry is included.
-    n = _fitting_prefix(len(head), packed, budget)
-    if n == 0:
-        return None, True
-    claim = cover_clip(c.cover, c.entries[n].version - 1)
-    cut = OwnerChunk(c.owner, c.generation, c.gc, False, claim, c.entries[:n])
-    enc = codec.owner_chunk_head(cut) + codec._array(packed[:n], n)
-    budget.take(len(enc), force=True)
-    budget.left = min(budget.left, 0)
-    return enc, True
+    return _cut(
+        c.cover,
+        lambda cover: codec.owner_chunk_head(c, cover),
+        [e.version for e in c.entries],
+        [codec.pack_entry(e) for e in c.entries],
+        budget,
+    )
 
 
 def _cut_writer_chunk(c: WriterChunk, budget: _Budget) -> tuple[bytes | None, bool]:
-    head = codec.writer_chunk_head(c)
-    packed = [codec.pack_lww_entry(e) for e in c.entries]
-    total = len(head) + 5 + sum(map(len, packed))
-    if budget.take(total):
-        return head + codec._array(packed, len(packed)), False
-    n = _fitting_prefix(len(head), packed, budget)
-    if n == 0:
-        return None, True
-    claim = cover_clip(c.cover, c.entries[n].seq - 1)
-    cut = WriterChunk(c.writer, claim, c.entries[:n])
-    enc = codec.writer_chunk_head(cut) + codec._array(packed[:n], n)
-    budget.take(len(enc), force=True)
-    budget.left = min(budget.left, 0)
-    return enc, True
+    """Encode as much of ``c`` as the budget allows; return ``(bytes or None, truncated)``."""
+    return _cut(
+        c.cover,
+        lambda cover: codec.writer_chunk_head(c, cover),
+        [e.seq for e in c.entries],
+        [codec.pack_lww_entry(e) for e in c.entries],
+        budget,
+    )
 
 
 def delta_since(
