@@ -38,6 +38,7 @@ import trio
 from beethoven import __version__
 from beethoven.address import Address, parse_address
 from beethoven.allocator import Allocator, PublishedScore, Signal, SignalType, choose_least_busy
+from beethoven.clock_offset import ClockOffsets, ClockOffsetStats
 from beethoven.config import Config, load_config
 from beethoven.core import CoreServer, CoreStats, NodeRecord, NodeUpdate
 from beethoven.discovery.beacon import BeaconServer, BeaconStats
@@ -69,6 +70,8 @@ from beethoven.wire.messages import (
 from beethoven.wire.packet import PacketCodec, WireStats
 from beethoven.wire.security import Keyring
 from beethoven_store import Changes, Store, StoreStats, open_store
+from beethoven_store.codec import decode_delta
+from beethoven_store.hlc import hlc_wall
 
 __all__ = [
     "ClusterKV",
@@ -101,6 +104,8 @@ STORE_GC_INTERVAL = 60.0
 
 _NODE_KEY = ("node",)
 _SCORE_KEY = ("score",)
+#: Largest StoreDelta payload inspected for a clock sample (a score push is ~100 bytes).
+_CLOCK_SAMPLE_MAX = 1024
 _KV_PREFIX = "kv"
 
 
@@ -142,6 +147,7 @@ class NodeStats:
     locator: LocatorStats
     roles: RoleMgmtStats
     hwmon: HwMonStats
+    clock: ClockOffsetStats
 
 
 class SignalHandle:
@@ -201,15 +207,23 @@ class ClusterKV:
         """Set *key* cluster-wide.
 
         Raises:
-            StoreError: the value is not plain data.
+            StoreError: the value is not plain data; or this node's clock is ahead
+                of its peers' by more than the store's bound, so they would refuse
+                the write (``NodeStats.clock``).
         """
+        self._node._check_clock("kv.put")
         self._node._disseminate(self._node._store.put((_KV_PREFIX, _check_kv_key(key)), value))
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.put(key, value)
 
     def delete(self, key: str) -> None:
-        """Delete *key* cluster-wide (a tombstone)."""
+        """Delete *key* cluster-wide (a tombstone).
+
+        Raises:
+            StoreError: this node's clock is ahead of its peers' beyond the bound.
+        """
+        self._node._check_clock("kv.delete")
         self._node._disseminate(self._node._store.delete((_KV_PREFIX, _check_kv_key(key))))
 
     def __delitem__(self, key: str) -> None:
@@ -364,6 +378,11 @@ class Node:
         self._sync_failed = 0
         self._deltas_in = 0
         self._deltas_bad = 0
+        self._offsets = ClockOffsets(
+            self.name,
+            bound=store.clock.max_offset_ms / 1000,
+            max_age=max(60.0, 3 * self._stale_after),
+        )
         self._runner.add_stream_handler(BeaconHello, self._beacon.handle)
         self._runner.add_stream_handler(StoreSyncRequest, self._serve_store_sync)
         self._runner.add_stream_handler(Query, self._serve_query)
@@ -571,6 +590,7 @@ class Node:
             locator=self._locator.stats(),
             roles=self._roles.stats(),
             hwmon=self.hwmon.stats(),
+            clock=self._offsets.stats(trio.current_time(), self._peers),
         )
 
     def describe(self, kind: str) -> Any:
@@ -598,6 +618,7 @@ class Node:
                 for i in self.get_roles()
             ]
         if kind == "status":
+            clock = self._offsets.stats(trio.current_time(), self._peers)
             return {
                 "name": self.name,
                 "address": str(self.address),
@@ -610,6 +631,9 @@ class Node:
                 "allocate": self.allocate(),
                 "version": __version__,
                 "encrypted": self._keyring is not None,
+                "clock_offset": None if clock.offset is None else round(clock.offset, 3),
+                "clock_bound": clock.bound,
+                "clock_skewed": clock.skewed,
             }
         raise ValueError(f"unknown query {kind!r}; expected members, roles or status")
 
@@ -666,6 +690,53 @@ class Node:
         elif event.kind == MemberEventKind.REAPED:
             self._store.remove_owner(name)
 
+    # --- internals: clock offset to peers -------------------------------------------
+
+    def _sample_clock(self, source: Address, payload: bytes) -> None:
+        """Sample the clock of a peer from its score record, pushed straight from it.
+
+        Sampled before the merge, so a delta the store refuses for its timestamp
+        still tells how far off the sender's clock is.
+        """
+        if len(payload) > _CLOCK_SAMPLE_MAX:
+            return  # a score push is small; anything larger is other news
+        try:
+            parts = decode_delta(payload)
+        except (CodecError, StoreError):
+            return  # the merge counts it
+        now, at = self._clock(), trio.current_time()
+        sampled = False
+        for chunk in parts.owners:
+            if self._peers.get(chunk.owner) != source:
+                continue  # relayed: its timestamp is not fresh
+            for entry in chunk.entries:
+                value = entry.value
+                if entry.key == _SCORE_KEY and isinstance(value, dict):
+                    t = value.get("t")
+                    if isinstance(t, int | float) and not isinstance(t, bool):
+                        self._offsets.observe(chunk.owner, float(t) - now, at)
+                        sampled = True
+        if sampled:
+            self._offsets.evaluate(at, self._peers)
+
+    def _check_clock(self, what: str) -> None:
+        """Refuse a write that peers would refuse for this node's fast clock."""
+        now = trio.current_time()
+        bound = self._offsets.bound
+        # The write's HLC is max(last + 1, clock): after the clock stepped back it
+        # still leads the clock, and peers judge the HLC.
+        hlc_lead = max(0.0, hlc_wall(self._store.clock.last) / 1000 - self._clock())
+        offset = self._offsets.offset(now, self._peers, lead=hlc_lead)
+        if offset is not None and offset > bound:
+            clock = self._offsets.offset(now, self._peers) or 0.0
+            why = f"this node's clock is ahead of its peers' by {clock:.3f} s"
+            if hlc_lead > bound / 10:
+                why += f" and its HLC leads its clock by {hlc_lead:.3f} s (clock stepped back)"
+            raise StoreError(
+                f"{what} refused: {why}, {offset:.3f} s in all, over the store's bound of "
+                f"{bound:.3f} s, so peers would refuse the write; fix the clock (NTP)"
+            )
+
     # --- internals: store replication -----------------------------------------------
 
     def _disseminate(self, delta: Any, *, exclude: Address | None = None) -> None:
@@ -691,6 +762,7 @@ class Node:
     def _on_store_delta(self, source: Address, message: Message) -> None:
         assert isinstance(message, StoreDelta)
         self._deltas_in += 1
+        self._sample_clock(source, message.payload)
         try:
             changes = self._store.merge(message.payload)
         except (CodecError, StoreError) as exc:
