@@ -70,8 +70,10 @@ from beethoven.wire.messages import (
 from beethoven.wire.packet import PacketCodec, WireStats
 from beethoven.wire.security import Keyring
 from beethoven_store import Changes, Store, StoreStats, open_store
-from beethoven_store.codec import decode_delta
+from beethoven_store.codec import decode_delta, encode_delta
+from beethoven_store.crdt import DeltaParts
 from beethoven_store.hlc import hlc_wall
+from beethoven_store.store import Delta
 
 __all__ = [
     "ClusterKV",
@@ -240,6 +242,15 @@ class ClusterKV:
 
 _MISSING = object()
 
+#: LWW key prefix of the epoch marks: ``("epoch", role, node) → highest epoch node took``.
+_EPOCH_PREFIX = "epoch"
+#: Largest epoch accepted from a mark (a wild value from a peer must not overflow ours).
+_MAX_EPOCH = 2**53
+
+
+def _is_epoch(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_EPOCH
+
 
 def _check_kv_key(key: str) -> str:
     if not isinstance(key, str) or not key:
@@ -268,18 +279,31 @@ class _View:
     def scores(self) -> Mapping[str, float]:
         return {name: s.score for name, s in self._node._published_scores().items()}
 
-    def highest_epoch(self, role: str) -> int:
-        epochs = [
-            v["epoch"]
-            for v in self._node._store.values_of(("hold", role)).values()
-            if isinstance(v, dict) and isinstance(v.get("epoch"), int)
-        ]
-        return max(epochs, default=0)
+    def epoch_marks(self, role: str) -> Mapping[str, int]:
+        # The marks live in the cluster-wide LWW map, one key per (role, node), so each
+        # key has one writer that only raises it: a max-register per node. They are
+        # never deleted, and neither a new generation nor the reaping of an owner
+        # touches the LWW map. Every writer of a mark has an LWW cover (never purged).
+        store = self._node._store
+        marks: dict[str, int] = {}
+        for writer in list(store.lww.covers):
+            value = store.get((_EPOCH_PREFIX, role, writer))
+            if _is_epoch(value):
+                marks[writer] = value
+        return marks
 
     def publish_holding(self, role: str, epoch: int) -> None:
         node = self._node
-        holding = {"epoch": epoch, "gen": node._generation}
-        node._disseminate(node._store.put_own(("hold", role), holding))
+        store = node._store
+        key = (_EPOCH_PREFIX, role, node.name)
+        mark = store.get(key)
+        writers: tuple[Any, ...] = ()
+        if not _is_epoch(mark) or mark < epoch:
+            writers = store.put(key, epoch).parts.writers  # committed before it returns
+        held = store.put_own(("hold", role), {"epoch": epoch, "gen": node._generation})
+        # One delta: whoever receives the holding receives the raised mark with it.
+        parts = DeltaParts(owners=held.parts.owners, writers=writers)
+        node._disseminate(Delta(encode_delta(parts), parts))
 
     def release_holding(self, role: str) -> None:
         node = self._node

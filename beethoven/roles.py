@@ -4,10 +4,14 @@ A `Role` is a name, a desired instance count and an async ``run`` callable. Ever
 node computes the same plan from its view of the cluster (`plan_assignment`) and
 acts only on its own part of it:
 
-* assigned and not hosting → pick a fencing epoch above every epoch published for
-  the role, publish the holding, start the task;
+* assigned and not hosting → pick a fencing epoch above the role's epoch
+  high-water mark (every epoch any node ever took for it, kept after the holding
+  ends), publish the mark and the holding together, start the task;
 * hosting and no longer assigned → ask the task to stop (``ctx.stopping``), cancel
-  it after the grace period, then withdraw the holding.
+  it after the grace period, then withdraw the holding (the epoch mark stays);
+* hosting at an epoch not above the mark of a holding that has ended (after a
+  healed partition the released duplicate may have taken a higher one) → take a
+  new epoch above every mark and publish it (``ctx.epoch`` rises in place).
 
 A role task that raises is restarted with exponential back-off and reported
 (log, stats, `RoleStatus`); a role task that returns on its own is restarted the
@@ -135,6 +139,8 @@ class RoleContext:
         node: this node's name.
         epoch: the fencing epoch of this holding; a higher epoch elsewhere means
             this holding is stale (use it to fence writes to external systems).
+            Read it at every write: it rises in place when the holding is
+            re-fenced (a holding that ended elsewhere had a higher epoch).
         args: the role's ``args``.
         stopping: set when the node is about to stop hosting the role; the task
             should wrap up within the grace period or it is cancelled.
@@ -163,20 +169,27 @@ class RoleView(Protocol):
         """The tags *node* published."""
 
     def role_holders(self, role: str) -> Mapping[str, int]:
-        """Node → fencing epoch of every published holding of *role*."""
+        """Node → fencing epoch of every current holding of *role* (online holders)."""
 
     def scores(self) -> Mapping[str, float]:
         """Node → last published allocator score."""
 
-    def highest_epoch(self, role: str) -> int:
-        """The highest epoch ever published for *role*, by any node, online or not."""
+    def epoch_marks(self, role: str) -> Mapping[str, int]:
+        """Node → the highest epoch that node ever took for *role* (its high-water mark).
+
+        A mark survives the end of the holding: release, loss of eligibility, the
+        holder's crash, restart and removal from membership.
+        """
 
 
 class RolePublisher(Protocol):
     """Where RoleMgmt records this node's holdings (its own store keyspace)."""
 
     def publish_holding(self, role: str, epoch: int) -> None:
-        """Record that this node hosts *role* at *epoch*."""
+        """Record that this node hosts *role* at *epoch*, and raise its mark to *epoch*.
+
+        The mark must be visible no later than the holding (one update).
+        """
 
     def release_holding(self, role: str) -> None:
         """Withdraw this node's holding of *role*."""
@@ -191,6 +204,7 @@ class RoleMgmtStats:
     stops: int
     crashes: int
     plans: int
+    refences: int = 0
 
 
 @attrs.define
@@ -248,7 +262,7 @@ class RoleMgmt:
         self._epochs: dict[str, int] = {}  # highest epoch this node took, per role
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._starts = self._stops = self._crashes = self._plans = 0
+        self._starts = self._stops = self._crashes = self._plans = self._refences = 0
         self.planned_once = trio.Event()
         self._closing = False
         self._hold_until = -math.inf
@@ -281,6 +295,7 @@ class RoleMgmt:
             stops=self._stops,
             crashes=self._crashes,
             plans=self._plans,
+            refences=self._refences,
         )
 
     def hold_new_roles(self, seconds: float) -> None:
@@ -333,6 +348,8 @@ class RoleMgmt:
                     self._start(name)
             elif not mine and hosted is not None and hosted.state != "stopping":
                 self._nursery.start_soon(self._stop, name, hosted)
+            elif mine and hosted is not None and hosted.state != "stopping":
+                self._refence_if_stale(name, hosted)
         if not holding_off:
             self.planned_once.set()
 
@@ -374,12 +391,46 @@ class RoleMgmt:
                 if hosted.state != "stopping":
                     nursery.start_soon(self._stop, name, hosted)
 
+    def _next_epoch(self, name: str) -> int:
+        """One above every mark, every current holding and every epoch taken here."""
+        seen = max(
+            max(self._view.epoch_marks(name).values(), default=0),
+            max(self._view.role_holders(name).values(), default=0),
+            self._epochs.get(name, 0),
+        )
+        epoch = seen + 1
+        self._epochs[name] = epoch
+        return epoch
+
+    def _refence_if_stale(self, name: str, hosted: _Hosted) -> None:
+        """Take a new epoch if a holding that has ended had one at or above ours.
+
+        After a healed partition the released duplicate may have taken a higher
+        epoch than the holder that keeps the role; the keeper must not stay below it
+        (the external system would refuse the legitimate holder). Current holders
+        are not compared with each other, so two holders never outbid each other.
+        """
+        holders = self._view.role_holders(name)
+        ended = max(
+            (
+                epoch
+                for node, epoch in self._view.epoch_marks(name).items()
+                if node != self.node and node not in holders
+            ),
+            default=0,
+        )
+        if ended < hosted.ctx.epoch:
+            return
+        epoch = self._next_epoch(name)
+        hosted.ctx.epoch = epoch
+        self._publisher.publish_holding(name, epoch)
+        self._refences += 1
+        logger.info("role %s re-fenced at epoch %d (an ended holding had %d)", name, epoch, ended)
+
     def _start(self, name: str) -> None:
         assert self._nursery is not None
         role = self.roles[name]
-        seen = max(self._view.highest_epoch(name), self._epochs.get(name, 0))
-        epoch = seen + 1
-        self._epochs[name] = epoch
+        epoch = self._next_epoch(name)
         ctx = RoleContext(name, self.node, epoch, role.args)
         hosted = _Hosted(ctx=ctx, scope=trio.CancelScope())
         self._hosted[name] = hosted

@@ -7,6 +7,7 @@ import pytest
 import trio
 import trio.testing
 
+from beethoven.assignment import rendezvous_rank
 from beethoven.errors import ConfigError
 from beethoven.roles import Role, RoleContext, RoleMgmt, resolve_callable
 
@@ -17,8 +18,10 @@ class FakeCluster:
     def __init__(self) -> None:
         self.online: set[str] = set()
         self.tags: dict[str, frozenset[str]] = {}
+        # Like the store: a released holding is gone (a tombstone), while each node's
+        # epoch mark (its highest epoch per role) stays.
         self.holdings: dict[str, dict[str, int]] = {}  # role -> node -> epoch
-        self.epochs: dict[str, dict[str, int]] = {}  # every holding ever published
+        self.marks: dict[str, dict[str, int]] = {}  # role -> node -> highest epoch it took
         self.running: dict[str, set[str]] = {}  # role -> nodes whose task runs now
         self.mgmts: dict[str, RoleMgmt] = {}
 
@@ -47,12 +50,13 @@ class NodeView:
     def scores(self) -> Mapping[str, float]:
         return {}
 
-    def highest_epoch(self, role: str) -> int:
-        return max(self.cluster.epochs.get(role, {}).values(), default=0)
+    def epoch_marks(self, role: str) -> Mapping[str, int]:
+        return self.cluster.marks.get(role, {})
 
     def publish_holding(self, role: str, epoch: int) -> None:
         self.cluster.holdings.setdefault(role, {})[self.node] = epoch
-        self.cluster.epochs.setdefault(role, {})[self.node] = epoch
+        marks = self.cluster.marks.setdefault(role, {})
+        marks[self.node] = max(marks.get(self.node, 0), epoch)
         self.cluster.notify_all()
 
     def release_holding(self, role: str) -> None:
@@ -208,6 +212,38 @@ async def test_eligibility_tags_restrict_holders(autojump_clock: trio.testing.Mo
                 await start_node(nursery, cluster, node, roles)
             await trio.sleep(3)
             assert cluster.running["train"] == {"gpu1", "gpu2"}
+            nursery.cancel_scope.cancel()
+
+
+async def test_keeper_of_an_over_assigned_role_is_refenced_above_the_released_duplicate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cluster = FakeCluster()
+    roles = make_roles(cluster, {"solo": 1})
+    assert rendezvous_rank("solo", "n0") > rendezvous_rank("solo", "n1")  # n0 keeps the role
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await start_node(nursery, cluster, "n0", roles)
+            await trio.sleep(3)
+            mgmt = cluster.mgmts["n0"]
+            assert [s.epoch for s in mgmt.status()] == [1]
+            # a healed partition: n1 filled the role on its side, at a higher epoch
+            cluster.online.add("n1")
+            cluster.holdings["solo"]["n1"] = 5
+            cluster.marks["solo"]["n1"] = 5
+            cluster.notify_all()
+            await trio.sleep(3)
+            assert [s.epoch for s in mgmt.status()] == [1]  # two live holders never outbid
+            # n1, ranked lower, releases: its holding ends, its mark stays
+            del cluster.holdings["solo"]["n1"]
+            cluster.notify_all()
+            await trio.sleep(3)
+            assert [s.epoch for s in mgmt.status()] == [6]
+            assert cluster.holdings["solo"] == {"n0": 6}
+            assert cluster.marks["solo"] == {"n0": 6, "n1": 5}
+            assert mgmt.stats().refences == 1
+            await trio.sleep(10)
+            assert mgmt.stats().refences == 1
             nursery.cancel_scope.cancel()
 
 
