@@ -5,11 +5,17 @@ Each metric keeps its last ``capacity`` samples (default 100 000) in two
 (16 bytes a sample) however long the node runs. A sampling error is logged and
 counted, and the next sample is tried at the next tick: it is never fatal (the
 Elixir original's HwMon crashed the whole node on current Erlang on Linux).
+
+A reading that is not a finite percentage (NaN, infinite, outside 0..100, not a
+number) is rejected and counted: it is not stored, the metric keeps its last good
+value, and the first rejection is logged at WARNING (later ones at debug), so a
+broken sampler can never turn the node's allocator score into NaN or overflow it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from array import array
 from collections.abc import Callable
@@ -91,12 +97,22 @@ class MetricHistory:
 
 @attrs.frozen
 class HwMonStats:
-    """Counters of a `HwMon`."""
+    """Counters of a `HwMon`.
+
+    Attributes:
+        samples: Readings stored whole (both metrics good).
+        errors: Sampler calls that raised.
+        cpu_samples_kept: CPU samples in the history.
+        ram_samples_kept: RAM samples in the history.
+        rejected: Values refused for not being a finite percentage in 0..100 (one
+            per bad value; the metric kept its last good value).
+    """
 
     samples: int
     errors: int
     cpu_samples_kept: int
     ram_samples_kept: int
+    rejected: int
 
 
 #: A sampler returns ``(cpu_percent, ram_percent)``; it may raise.
@@ -120,8 +136,9 @@ class HwMon:
         capacity: samples kept per metric.
         sampler: the reading function; psutil by default (tests inject a fake).
         clock: wall-clock time for the samples' timestamps.
-        on_sample: called with ``(cpu, ram)`` after every successful sample (the
-            allocator's built-in signals hang here); its errors are logged.
+        on_sample: called with ``(cpu, ram)`` after every sample that stored a
+            value, with each metric's latest good value (the allocator's built-in
+            signals hang here); its errors are logged.
     """
 
     def __init__(
@@ -143,6 +160,7 @@ class HwMon:
         self.on_sample = on_sample
         self._samples = 0
         self._errors = 0
+        self._rejected = 0
 
     def history(self, metric: str) -> MetricHistory:
         """The history of ``"cpu"`` or ``"ram"``."""
@@ -153,7 +171,12 @@ class HwMon:
         raise KeyError(f"unknown metric {metric!r}; expected 'cpu' or 'ram'")
 
     def sample_once(self) -> bool:
-        """Take one sample now; return False (logged, counted) if it failed."""
+        """Take one sample now; return False (logged, counted) if it failed.
+
+        A value that is not a finite percentage is rejected (counted, logged at
+        WARNING the first time) and its metric keeps its last good value; a good
+        value of the other metric is still stored and passed on.
+        """
         try:
             cpu, ram = self._sampler()
         except Exception as exc:
@@ -161,15 +184,37 @@ class HwMon:
             logger.warning("hardware sampling failed (will retry): %r", exc)
             return False
         now = self._clock()
-        self.cpu.append(now, cpu)
-        self.ram.append(now, ram)
-        self._samples += 1
-        if self.on_sample is not None:
+        stored = 0
+        for metric, history, value in ((CPU, self.cpu, cpu), (RAM, self.ram, ram)):
+            if _is_percent(value):
+                history.append(now, float(value))
+                stored += 1
+            else:
+                self._reject(metric, value)
+        if stored == 0:
+            return False
+        if stored == 2:
+            self._samples += 1
+        cpu_now, ram_now = self.cpu.latest(), self.ram.latest()
+        if self.on_sample is not None and cpu_now is not None and ram_now is not None:
             try:
-                self.on_sample(cpu, ram)
+                self.on_sample(cpu_now.value, ram_now.value)  # a rejected one: its last good
             except Exception:
                 logger.exception("HwMon on_sample callback failed")
-        return True
+        return stored == 2
+
+    def _reject(self, metric: str, value: object) -> None:
+        self._rejected += 1
+        kept = self.history(metric).latest()
+        log = logger.warning if self._rejected == 1 else logger.debug
+        log(
+            "hardware sample rejected: %s = %r is not a percentage in 0..100 "
+            "(keeping the last good value %s; further rejections are counted in "
+            "HwMonStats.rejected)",
+            metric,
+            value,
+            "none yet" if kept is None else kept.value,
+        )
 
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -195,4 +240,15 @@ class HwMon:
             errors=self._errors,
             cpu_samples_kept=len(self.cpu),
             ram_samples_kept=len(self.ram),
+            rejected=self._rejected,
         )
+
+
+def _is_percent(value: object) -> bool:
+    """A finite real number within 0..100 (bools and strings are not readings)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0.0 <= value <= 100.0
+    )
