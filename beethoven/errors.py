@@ -6,6 +6,7 @@ __all__ = [
     "BeethovenError",
     "CodecError",
     "ConfigError",
+    "NameConflictError",
     "SecurityError",
     "StoreError",
     "TransportError",
@@ -34,3 +35,23 @@ class TransportError(BeethovenError, OSError):
 
 class StoreError(BeethovenError):
     """The replicated state store or one of its backends failed."""
+
+
+class NameConflictError(BeethovenError):
+    """This node's name is held by a live member at another address: the join was refused.
+
+    Attributes:
+        name: the contested node name.
+        holder: the address (``host:port``) of the live member that holds it.
+    """
+
+    def __init__(self, name: str, holder: str) -> None:
+        super().__init__(name, holder)
+        self.name = name
+        self.holder = holder
+
+    def __str__(self) -> str:
+        return (
+            f"node name {self.name!r} is held by a live member at {self.holder}; "
+            "choose another name, or stop that node first"
+        )

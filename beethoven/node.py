@@ -1117,7 +1117,9 @@ async def _node_nursery(node: Node) -> AsyncIterator[trio.Nursery]:
             finally:
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        if body_error is not None:
+        # A body that was only cancelled because a service failed reports that failure.
+        failed = group.split(trio.Cancelled)[1] is not None
+        if body_error is not None and not (isinstance(body_error, trio.Cancelled) and failed):
             rest = group.split(lambda e: e is body_error or isinstance(e, trio.Cancelled))[1]
             if rest is not None:
                 logger.error("node %s: services failed while the body raised: %r", node.name, rest)

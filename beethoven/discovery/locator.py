@@ -42,7 +42,7 @@ from beethoven.discovery.seekchat import (
     HelloResult,
     exchange,
 )
-from beethoven.errors import ConfigError
+from beethoven.errors import ConfigError, NameConflictError
 from beethoven.wire.messages import BeaconReply
 
 if TYPE_CHECKING:
@@ -435,7 +435,7 @@ class Locator:
                 reply = result.reply
                 if reply is None:
                     continue
-                if reply.name == self.name:
+                if reply.name == self.name and reply.addr == self._own_addr:
                     logger.debug("locator: %s is ourselves", addr)
                     continue
                 item = Found(addr=addr, reply=reply)
@@ -577,7 +577,9 @@ class Locator:
             The addresses to hand to ``join`` (empty: nothing new).
         """
         known = set(self._members())
-        fresh = [f for f in found if f.reply.name not in known and f.reply.name != self.name]
+        # A beacon with our name at another address is kept: joining through it lets
+        # membership tell whether that name is held by a live node (NameConflictError).
+        fresh = [f for f in found if f.reply.name not in known]
         self._rng.shuffle(fresh)
         covered: set[str] = set()
         primary: list[Address] = []
@@ -610,6 +612,8 @@ class Locator:
         self._n.joins += 1
         try:
             ok = await self._join(targets)
+        except NameConflictError:
+            raise  # our name is taken: no retry can succeed, the node must stop
         except Exception:
             # The join callable belongs to membership; its failure must not stop discovery.
             logger.exception("locator: join through %s failed", targets)

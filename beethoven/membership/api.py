@@ -114,6 +114,9 @@ class MembershipStats:
         stalls: timers that fired late enough to prove the local loop stalled.
         inconclusive_probes: failed probes not turned into a suspicion because no
             relay answered either (local health on).
+        name_conflicts: claims refused because their name is held by a live member
+            at another address (specs/membership.md §Name ownership), plus joins
+            of this node refused that way.
         local_health: current Lifeguard local health score (0 = healthy).
         members: members in the table, self and dead ones included.
         live: members alive or suspect, self included.
@@ -136,6 +139,7 @@ class MembershipStats:
     dropped: int
     stalls: int
     inconclusive_probes: int
+    name_conflicts: int
     local_health: int
     members: int
     live: int
@@ -147,6 +151,14 @@ class MembershipCore(Protocol):
     @property
     def name(self) -> str:
         """This node's name."""
+
+    @property
+    def name_conflict(self) -> MemberInfo | None:
+        """The live member holding this node's name at another address, found on join.
+
+        Set when a join reply shows the name alive or suspect at another address
+        (another life); the node must not take part then. ``None`` otherwise.
+        """
 
     def start(self, now: float) -> list[Effect]:
         """Begin operating (schedules the first probe and gossip)."""

@@ -25,7 +25,7 @@ import trio
 import trio.lowlevel
 
 from beethoven.address import Address
-from beethoven.errors import BeethovenError, CodecError, SecurityError
+from beethoven.errors import BeethovenError, CodecError, NameConflictError, SecurityError
 from beethoven.fanout import Fanout, FanoutStats, Subscription
 from beethoven.membership.api import (
     Effect,
@@ -178,9 +178,14 @@ class MembershipRunner:
         """Push-pull with every seed; return True if at least one answered.
 
         Waits at most for the stream timeouts the core chose for the requests.
+
+        Raises:
+            NameConflictError: a seed's answer shows this node's name held by a live
+                member at another address (the core has withdrawn).
         """
         if not self._running:
             raise RuntimeError("the runner is not running")
+        self._check_name()
         tokens = self._apply(self.core.join(trio.current_time(), list(seeds)))
         self._awaited.update(tokens)  # before any checkpoint: no request has finished yet
         ok = False
@@ -194,7 +199,13 @@ class MembershipRunner:
             self._awaited.difference_update(tokens)
             for token in tokens:
                 self._results.pop(token, None)
+        self._check_name()
         return ok
+
+    def _check_name(self) -> None:
+        holder = self.core.name_conflict
+        if holder is not None:
+            raise NameConflictError(self.core.name, str(holder.addr))
 
     async def leave(self, linger: float = 1.0) -> None:
         """Announce a graceful leave, then keep gossiping for *linger* seconds."""

@@ -210,6 +210,12 @@ class SwimCore:
         self._c_dropped = 0
         self._c_stalls = 0
         self._c_inconclusive = 0
+        self._c_conflicts = 0
+        # Name ownership (specs/membership.md §Name ownership): the live holder of
+        # our name found on join, and per name the lives refused because another
+        # live life holds it at another address (their accusations are dropped too).
+        self._conflict: Member | None = None
+        self._refused: dict[str, set[int]] = {}
         self._handlers: dict[type, Callable[[float, Address, Message], None]] = {
             Ping: self._on_ping,  # type: ignore[dict-item]
             Ack: self._on_ack,  # type: ignore[dict-item]
@@ -232,6 +238,16 @@ class SwimCore:
     def addr(self) -> Address:
         """This node's address."""
         return self._addr
+
+    @property
+    def name_conflict(self) -> MemberInfo | None:
+        """The live member holding this node's name at another address, found on join.
+
+        Once set, this core has withdrawn: it merged nothing from that reply, gossips
+        nothing about itself and sends no `Leave`.
+        """
+        c = self._conflict
+        return None if c is None else _info(c)
 
     @property
     def generation(self) -> int:
@@ -299,6 +315,7 @@ class SwimCore:
             dropped=self._c_dropped,
             stalls=self._c_stalls,
             inconclusive_probes=self._c_inconclusive,
+            name_conflicts=self._c_conflicts,
             local_health=self._aw.score,
             members=len(self._table),
             live=self._table.live_count,
@@ -458,6 +475,12 @@ class SwimCore:
                 logger.debug("push-pull refused by %s: %s", peer, reply.reason)
             return out
         if kind == _ST_JOIN:
+            if self._conflict is not None:
+                return out  # withdrawn: merge nothing more
+            holder = self._holder_of_own_name(now, reply.members)
+            if holder is not None:
+                self._withdraw(holder)
+                return out
             self._c_joins_ok += 1
             self._merge(now, reply.members, reply.sender, rebroadcast=False)
             # Members that join right after us learn us from their join replies and
@@ -666,7 +689,10 @@ class SwimCore:
         name = msg.name
         if name == self._name:
             me = self._me
-            if (msg.generation, msg.incarnation) > (me.generation, me.incarnation):
+            if msg.generation > me.generation and msg.addr != me.addr:
+                # Another process claims our name: refused, never an accusation.
+                self._refuse(name, msg.generation, msg.addr, me)
+            elif (msg.generation, msg.incarnation) > (me.generation, me.incarnation):
                 self._accused(now, msg.generation, msg.incarnation)
             return
         if len(msg.meta) > self._p.max_meta:
@@ -674,13 +700,19 @@ class SwimCore:
             return
         table = self._table
         old = table.get(name)
-        if old is not None and not (msg.generation, msg.incarnation, _ALIVE) > old.key:
-            return
+        if old is not None:
+            if not (msg.generation, msg.incarnation, _ALIVE) > old.key:
+                return
+            if old.live and msg.addr != old.addr and msg.generation != old.generation:
+                self._refuse(name, msg.generation, msg.addr, old)
+                return
         new = Member(
             name, msg.addr, msg.generation, msg.incarnation, _ALIVE, msg.meta, now,
             msg.vmin, msg.vmax,
         )  # fmt: skip
         table.put(new)
+        if name in self._refused:
+            self._forget_refused(name, new.generation)
         if old is None or old.generation < new.generation or not old.live:
             self._gone.discard(name)
             if old is not None:
@@ -704,6 +736,8 @@ class SwimCore:
             return
         old = self._table.get(name)
         if old is None:
+            return
+        if self._refused and self._refused_life(old, msg.generation):
             return
         if (
             old.status == _SUSPECT
@@ -756,6 +790,8 @@ class SwimCore:
         old = self._table.get(name)
         if old is None or not (msg.generation, msg.incarnation, _DEAD) > old.key:
             return
+        if self._refused and self._refused_life(old, msg.generation):
+            return
         self._mark_gone(now, old, msg.generation, msg.incarnation, _DEAD)
         if rebroadcast:
             self._queue_fact(now, name, msg)
@@ -770,6 +806,8 @@ class SwimCore:
             return
         old = self._table.get(name)
         if old is None or not (msg.generation, msg.incarnation, _LEFT) > old.key:
+            return
+        if self._refused and self._refused_life(old, msg.generation):
             return
         self._mark_gone(now, old, msg.generation, msg.incarnation, _LEFT)
         if rebroadcast:
@@ -786,6 +824,73 @@ class SwimCore:
         if was_live or old.generation < gen or status != old.status:
             kind = MemberEventKind.DEAD if status == _DEAD else MemberEventKind.LEFT
             self._emit(kind, new)
+
+    # --- name ownership (specs/membership.md §Name ownership) -----------------------------
+
+    def _refuse(self, name: str, generation: int, addr: Address, holder: Member) -> None:
+        """Refuse a claim on *name* by another life at *addr*: not applied, not relayed."""
+        self._c_conflicts += 1
+        lives = self._refused.setdefault(name, set())
+        if generation in lives:
+            return
+        if len(lives) >= 8:  # bounded: a flood of fake lives cannot grow it
+            lives.clear()
+        lives.add(generation)
+        logger.warning(
+            "refused a node at %s calling itself %s: that name is held by the live member at %s",
+            addr, name, holder.addr,
+        )  # fmt: skip
+
+    def _refused_life(self, old: Member, generation: int) -> bool:
+        """True for a fact about a refused life of a name another life holds alive."""
+        if not old.live or generation == old.generation:
+            return False
+        if generation in self._refused.get(old.name, ()):
+            self._c_dropped += 1
+            return True
+        return False
+
+    def _forget_refused(self, name: str, generation: int) -> None:
+        lives = self._refused[name]
+        lives.discard(generation)
+        if not lives:
+            del self._refused[name]
+
+    def _holder_of_own_name(self, now: float, states: Iterable[MemberState]) -> Member | None:
+        """The live member of an earlier life, at another address, holding our name."""
+        me = self._me
+        for st in states:
+            # Only an earlier life wins: a holder that joins through a later namesake
+            # (a re-sweep finding its beacon) must not give its own name away.
+            if (
+                st.name == self._name
+                and st.status in (_ALIVE, _SUSPECT)
+                and st.addr != me.addr
+                and st.generation < me.generation
+            ):
+                return Member(
+                    st.name, st.addr, st.generation, st.incarnation, st.status, b"", now,
+                    st.vmin, st.vmax,
+                )  # fmt: skip
+        return None
+
+    def _withdraw(self, holder: Member) -> None:
+        """Our join was answered with a live holder of our name: take no part, say nothing."""
+        self._conflict = holder
+        self._c_conflicts += 1
+        self._c_joins_failed += 1
+        # INFO: the driver raises NameConflictError, which tells the operator.
+        logger.info(
+            "node name %s is held by the live member at %s: this node (%s) withdraws",
+            self._name, holder.addr, self._addr,
+        )  # fmt: skip
+        # As after a leave, but without the Leave: that fact would be about the holder's name.
+        self._left = True
+        self._bq.invalidate(self._name)
+        self._join_sync_left = 0
+        self._probe_phase = _IDLE
+        self._probe_timeout_at = self._probe_end_at = _INF
+        self._next_probe = self._next_pushpull = self._next_reconnect = _INF
 
     def _merge(
         self, now: float, states: Iterable[MemberState], sender: str, *, rebroadcast: bool
@@ -820,6 +925,9 @@ class SwimCore:
                     self._on_suspect(
                         now, Suspect(name, st.generation, st.incarnation, sender), rebroadcast
                     )
+                continue
+            if old.live and st.generation > old.generation and st.addr != old.addr:
+                self._refuse(name, st.generation, st.addr, old)
                 continue
             if status == _LEFT:
                 self._on_leave(now, Leave(name, st.generation, st.incarnation), rebroadcast)
@@ -1165,4 +1273,5 @@ class SwimCore:
                 self._table.remove(name)
                 self._bq.invalidate(name)
                 self._susp.pop(name, None)
+                self._refused.pop(name, None)
                 self._emit(MemberEventKind.REAPED, m)
