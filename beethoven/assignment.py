@@ -5,18 +5,24 @@ current holders read from the replicated store, published scores) and acts only
 on its own part of the result. Because the function is deterministic, all nodes
 agree on the plan as soon as their views agree.
 
-Rules, per role (see ``specs/roles.md``):
+Two passes (``specs/roles.md`` §1.1), so the plan does not depend on the order of
+the roles given:
 
-1. candidates = online members that are eligible for the role;
-2. sticky: every current holder that is still a candidate keeps the role;
-3. over-assignment (after a partition heals, two sides filled the same role):
-   keep the ``count`` highest-ranked holders, release the rest;
-4. under-assignment: fill from the remaining candidates in rank order.
+1. keep, for every role: the current holders that are still candidates (online
+   and eligible) keep it — sticky. When a role is over-assigned (after a partition
+   heals, both sides filled it), the ``count`` holders with the highest plain
+   rendezvous rank (no score weight) keep it and the rest are released. Each kept
+   holding counts towards its node's ``placed`` total.
+2. fill, roles in name order: each missing holder is the candidate not yet chosen
+   with the fewest roles placed in this plan so far — spread first — then the
+   highest rendezvous rank weighted by its published score — so among equally
+   placed nodes the least busy is preferred — then the name. A node without a
+   published score counts as the median of the known scores.
 
-The rank is weighted rendezvous hashing (highest random weight): each
-(role, node) pair gets a pseudo-random number from a stable hash, scaled by a
-weight that falls as the node's published score rises, so new holders tend to be
-the least busy nodes while the choice stays spread and stable.
+The rank is weighted rendezvous hashing (highest random weight): each (role, node)
+pair gets a pseudo-random number from a stable hash, scaled by a weight
+``1 / (1 + score)`` that falls as the node's score rises; removing a node moves
+only its own holdings.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ It turns membership events into one `NodeRecord` per node (``online`` while the
 member is alive or suspect, ``offline`` once dead or left, with the time of the
 last change) and into a `NodeUpdate` for every subscriber whenever a node goes
 online or offline. Status comes from the membership layer, which is the failure
-detector; it is not a store CRDT (``ARCHITECTURE.md`` §4).
+detector; it is not a store CRDT (``specs/roles.md`` §3, ``specs/node.md`` §3).
 
 Subscribers cannot hurt the server (the Elixir original's followers crashed it
 on the first join): each `alert_me()` subscription has its own bounded buffer

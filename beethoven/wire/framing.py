@@ -1,6 +1,6 @@
 """TCP frames: one message per length-prefixed frame, sealed when a keyring is set.
 
-Layout (``specs/wire.md`` §4)::
+Layout (``specs/wire.md`` §3)::
 
     length(4, u32 BE: bytes after this field) | magic(2) version(1) flags(1)
     open:   | message

@@ -3,7 +3,7 @@
 `PacketCodec` is sans-I/O: ``pack`` turns messages into datagrams of at most
 ``max_payload`` bytes, ``unpack`` turns one received datagram into messages and
 never raises — every defect is dropped, counted by reason in `WireStats` and logged
-at DEBUG with the peer address. Layout (``specs/wire.md`` §3)::
+at DEBUG with the peer address. Layout (``specs/wire.md`` §2)::
 
     open:    magic(2) version(1) flags(1)=0 | compound
     sealed:  magic(2) version(1) flags(1)=1 | key id(4) salt(16) counter(8) ts_ms(8)
@@ -76,7 +76,7 @@ class WireStats:
     Outbound: ``packets_out``, ``messages_out``, ``bytes_out``, and
     ``oversized_out`` (messages too big for one datagram, dropped by `pack`).
     Inbound accepted: ``packets_in``, ``messages_in``, ``bytes_in``.
-    Inbound datagrams dropped, one counter per reason (see ``specs/wire.md`` §7):
+    Inbound datagrams dropped, one counter per reason (see ``specs/wire.md`` §4):
     ``truncated``, ``oversized``, ``bad_magic``, ``bad_version``, ``bad_flags``,
     ``unsealed`` (open datagram while a key is required), ``sealed_no_key`` (sealed
     datagram while no keyring is configured), ``unknown_key``, ``bad_tag``,
