@@ -69,7 +69,7 @@ from beethoven.wire.messages import (
 )
 from beethoven.wire.packet import PacketCodec, WireStats
 from beethoven.wire.security import Keyring
-from beethoven_store import Changes, Store, StoreStats, open_store
+from beethoven_store import Changes, Store, StoreConfig, StoreStats, open_store
 from beethoven_store.codec import decode_delta, encode_delta
 from beethoven_store.crdt import DeltaParts
 from beethoven_store.hlc import hlc_wall
@@ -808,8 +808,12 @@ class Node:
             self._roles.notify()
 
     async def _store_sync(self, peer: Address) -> bool:
-        """One anti-entropy exchange with *peer* (this node opens)."""
-        request: Message = StoreSyncRequest(self._store.digest())
+        """One anti-entropy exchange with *peer* (this node opens); never raises.
+
+        Network and protocol failures are counted in ``store_sync_failed``; any
+        other exception (a bug, input no check foresaw) also in the runner's
+        ``exchange_errors`` and logged at WARNING: it ends this exchange only.
+        """
         channel: FrameChannel | None = None
         try:
             with trio.fail_after(self._params.stream_timeout):
@@ -818,6 +822,7 @@ class Node:
                 )
                 channel = FrameChannel(
                     stream,
+            request: Message = StoreSyncRequest(self._store.digest())
                     self._keyring,
                     max_frame=self.config.max_frame,
                     read_timeout=self._params.stream_timeout,
@@ -848,6 +853,10 @@ class Node:
                     await channel.aclose()
 
     def _note_changes(self, changes: Changes) -> None:
+        except Exception as exc:
+            self._sync_failed += 1
+            self._runner.exchange_failed("request StoreSyncRequest", peer, exc)
+            return False
         if changes.removed_owners or any(key == _SCORE_KEY for _, key in changes.owned):
             self._scores_changed()
 
@@ -1061,7 +1070,9 @@ async def open_node(
     LocatorSettings.from_config(config)  # validates cluster_net against max_sweep_hosts
     name = config.node_name
     try:
-        store = open_store(config.store, owner=name, clock=clock)
+        store = open_store(
+            config.store, owner=name, clock=clock, config=StoreConfig(max_value=config.max_value)
+        )
     except StoreError as exc:
         raise ConfigError(f"store: {exc}") from None
     rng = random.Random(seed if seed is not None else int.from_bytes(os.urandom(8), "big"))

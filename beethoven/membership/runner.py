@@ -10,6 +10,12 @@ task, and member events go to a `Fanout` whose subscribers have bounded buffers.
 Inbound TCP streams share the node's port: the first frame decides who handles it.
 Membership messages go to the core; other message types go to the handlers given
 in ``stream_handlers`` (the beacon, store sync, CLI queries).
+
+Every per-peer exchange is contained: an exception other than the expected network
+and protocol errors (a bug, or input no check foresaw) ends that exchange only. It is
+counted in `RunnerStats.exchange_errors` (and by kind) and logged in one WARNING
+line naming the peer (at most one per kind every `EXCHANGE_WARN_INTERVAL` seconds;
+the rest, and every traceback, at DEBUG); the node goes on.
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ logger = logging.getLogger(__name__)
 #: Handler for an inbound stream whose first message is of a registered type.
 StreamHandler = Callable[[FrameChannel, Address, Message], Awaitable[None]]
 
+#: Seconds between two WARNING lines about failed exchanges of one kind.
+EXCHANGE_WARN_INTERVAL = 10.0
+
 _NETWORK_ERRORS = (
     BeethovenError,
     OSError,
@@ -60,7 +69,13 @@ _NETWORK_ERRORS = (
 
 @attrs.frozen
 class RunnerStats:
-    """Counters of the runner (the core and the wire keep their own)."""
+    """Counters of the runner (the core and the wire keep their own).
+
+    ``exchange_errors`` counts per-peer exchanges ended by an unexpected exception;
+    ``exchange_errors_by_kind`` splits it by kind: ``"serve <first message type>"``
+    (inbound streams: push-pull, beacon, store sync, queries), ``"datagram <type>"``
+    (store deltas), ``"request <type>"`` (outbound push-pull, the node's store sync).
+    """
 
     datagrams_received: int
     datagrams_sent: int
@@ -71,7 +86,12 @@ class RunnerStats:
     stream_requests: int
     stream_requests_failed: int
     core_errors: int
+    exchange_errors: int
     events: FanoutStats
+    exchange_errors_by_kind: Mapping[str, int] = attrs.field(factory=dict)
+
+
+_NOT_COUNTERS = frozenset({"events", "exchange_errors_by_kind"})
 
 
 class MembershipRunner:
@@ -115,10 +135,12 @@ class MembershipRunner:
         self._pending: dict[int, trio.Event] = {}
         self._awaited: set[int] = set()  # join() tokens whose outcome someone waits for
         self._results: dict[int, bool] = {}
-        # One counter per int field of RunnerStats (``events`` comes from the fan-out).
+        # One counter per int field of RunnerStats (the others are built in stats()).
         self._n = dict.fromkeys(
-            (f.name for f in attrs.fields(RunnerStats) if f.name != "events"), 0
+            (f.name for f in attrs.fields(RunnerStats) if f.name not in _NOT_COUNTERS), 0
         )
+        self._errors_by_kind: dict[str, int] = {}
+        self._warn_after: dict[str, float] = {}
         self._running = False
 
     # --- public API -----------------------------------------------------------------
@@ -158,6 +180,9 @@ class MembershipRunner:
                 return await channel.receive()
         except _NETWORK_ERRORS as exc:
             logger.debug("request to %s failed: %r", to, exc)
+            return None
+        except Exception as exc:
+            self.exchange_failed(f"request {type(message).__name__}", to, exc)
             return None
         finally:
             if channel is not None:
@@ -216,7 +241,30 @@ class MembershipRunner:
 
     def stats(self) -> RunnerStats:
         """Current counters."""
-        return RunnerStats(**self._n, events=self._events.stats())
+        return RunnerStats(
+            **self._n,
+            events=self._events.stats(),
+            exchange_errors_by_kind=dict(self._errors_by_kind),
+        )
+
+    def exchange_failed(self, kind: str, peer: Address, exc: Exception) -> None:
+        """Count and log an exchange with *peer* that ended with an unexpected *exc*.
+
+        The exchange is over; the node goes on. One WARNING line per kind at most
+        every `EXCHANGE_WARN_INTERVAL` seconds, the rest at DEBUG with the traceback.
+
+        Args:
+            kind: what the exchange was, e.g. ``"serve StoreSyncRequest"``.
+            peer: the other end.
+            exc: what ended it.
+        """
+        self._n["exchange_errors"] += 1
+        self._errors_by_kind[kind] = self._errors_by_kind.get(kind, 0) + 1
+        now = trio.current_time()
+        if now >= self._warn_after.get(kind, -math.inf):
+            self._warn_after[kind] = now + EXCHANGE_WARN_INTERVAL
+            logger.warning("%s with %s failed, exchange dropped: %r", kind, peer, exc)
+        logger.debug("%s with %s failed", kind, peer, exc_info=exc)
 
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -307,9 +355,8 @@ class MembershipRunner:
                     continue
                 try:
                     handler(source, message)
-                except Exception:
-                    self._n["core_errors"] += 1
-                    logger.exception("datagram handler for %s failed", type(message).__name__)
+                except Exception as exc:
+                    self.exchange_failed(f"datagram {type(message).__name__}", source, exc)
             messages = core_messages
         if messages:
             self._call(
@@ -351,6 +398,7 @@ class MembershipRunner:
 
     async def _serve_stream(self, stream: trio.abc.Stream, peer: Address) -> None:
         channel = self._channel(stream)
+        kind = "serve stream"
         try:
             try:
                 first = await channel.receive()
@@ -359,6 +407,7 @@ class MembershipRunner:
                 logger.debug("dropped stream from %s: %r", peer, exc)
                 return
             self._n["streams_served"] += 1
+            kind = f"serve {type(first).__name__}"
             handler = self._handlers.get(type(first))
             if handler is not None:
                 await handler(channel, peer, first)
@@ -376,6 +425,8 @@ class MembershipRunner:
                     await channel.send(reply)
         except _NETWORK_ERRORS as exc:
             logger.debug("stream from %s ended: %r", peer, exc)
+        except Exception as exc:
+            self.exchange_failed(kind, peer, exc)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await channel.aclose()
