@@ -816,13 +816,13 @@ class Node:
         """
         channel: FrameChannel | None = None
         try:
+            request: Message = StoreSyncRequest(self._store.digest())
             with trio.fail_after(self._params.stream_timeout):
                 stream = await self._transport.connect(
                     peer, timeout=self.config.connect_timeout * 4
                 )
                 channel = FrameChannel(
                     stream,
-            request: Message = StoreSyncRequest(self._store.digest())
                     self._keyring,
                     max_frame=self.config.max_frame,
                     read_timeout=self._params.stream_timeout,
@@ -847,16 +847,16 @@ class Node:
             self._sync_failed += 1
             logger.debug("store sync with %s failed: %r", peer, exc)
             return False
+        except Exception as exc:
+            self._sync_failed += 1
+            self._runner.exchange_failed("request StoreSyncRequest", peer, exc)
+            return False
         finally:
             if channel is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await channel.aclose()
 
     def _note_changes(self, changes: Changes) -> None:
-        except Exception as exc:
-            self._sync_failed += 1
-            self._runner.exchange_failed("request StoreSyncRequest", peer, exc)
-            return False
         if changes.removed_owners or any(key == _SCORE_KEY for _, key in changes.owned):
             self._scores_changed()
 
