@@ -258,6 +258,14 @@ def _check_kv_key(key: str) -> str:
     return key
 
 
+def _monotonic_now() -> float:
+    """The trio clock; outside trio (stats() read after the run) no sample is stale."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return -math.inf
+
+
 class _View:
     """RoleMgmt's view of the cluster and its holdings publisher."""
 
@@ -614,7 +622,7 @@ class Node:
             locator=self._locator.stats(),
             roles=self._roles.stats(),
             hwmon=self.hwmon.stats(),
-            clock=self._offsets.stats(trio.current_time(), self._peers),
+            clock=self._offsets.stats(_monotonic_now(), self._peers),
         )
 
     def describe(self, kind: str) -> Any:
