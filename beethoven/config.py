@@ -3,7 +3,10 @@
 Precedence, lowest first: built-in defaults, a TOML file, ``BEETHOVEN_*`` environment
 variables, explicit keyword arguments. Every key is validated when the `Config` is
 built; a bad value raises `ConfigError` naming the key, so nothing starts with a
-configuration that cannot work.
+configuration that cannot work — never an ``AttributeError`` or ``TypeError`` from a
+value of the wrong shape. A list-valued key (``cluster_net``, ``seeds``, ``keys``,
+``tags``) takes a lone string as a one-item list; in the environment lists are
+comma-separated.
 """
 
 from __future__ import annotations
