@@ -313,6 +313,24 @@ class _View:
         parts = DeltaParts(owners=held.parts.owners, writers=writers)
         node._disseminate(Delta(encode_delta(parts), parts))
 
+    def refresh_marks(self, hosted: Mapping[str, int]) -> None:
+        """Re-write this node's marks of the roles it hosts (role → epoch) once they age.
+
+        A replica drops an LWW entry older than the LWW horizon that it did not hold
+        before its GC floor passed it (``specs/store.md`` §4), so a mark left alone
+        for a week would not reach a joiner that missed its join sync. A holder holds
+        the role's latest mark; it keeps it younger than a quarter of the horizon.
+        """
+        node = self._node
+        store = node._store
+        oldest = store.clock.physical() - store.config.lww_horizon_ms // 4
+        for role, epoch in hosted.items():
+            key = (_EPOCH_PREFIX, role, node.name)
+            entry, mark = store.lww.get(key), store.get(key)
+            if entry is not None and hlc_wall(entry.hlc) >= oldest and _is_epoch(mark):
+                continue
+            node._disseminate(store.put(key, max(epoch, mark if _is_epoch(mark) else 0)))
+
     def release_holding(self, role: str) -> None:
         node = self._node
         node._disseminate(node._store.delete_own(("hold", role)))
@@ -922,6 +940,7 @@ class Node:
         while True:
             await trio.sleep(STORE_GC_INTERVAL)
             try:
+                self._view.refresh_marks({s.role: s.epoch for s in self._roles.status()})
                 self._store.gc()
             except StoreError:
                 logger.exception("store GC failed")

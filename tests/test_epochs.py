@@ -18,10 +18,11 @@ import trio.testing
 
 from beethoven.assignment import rendezvous_rank
 from beethoven.config import Config
-from beethoven.node import Node
+from beethoven.node import Node, open_node
 from beethoven.roles import Role, RoleContext
-from beethoven.testing import PORT, Cluster, open_cluster
+from beethoven.testing import EPOCH, PORT, Cluster, open_cluster
 from beethoven.transport.memory import MemoryNetwork
+from beethoven_store import open_store
 
 Token = tuple[int, str]
 
@@ -290,3 +291,33 @@ async def test_epochs_survive_a_restart_of_every_node_with_sqlite(
                 assert tokens.seen[-1][0] > before
         pacer.cancel_scope.cancel()
     tokens.assert_strictly_increasing()
+
+
+async def test_a_week_old_mark_is_not_dropped_by_a_late_joiners_store(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A replica drops an LWW entry older than the LWW horizon (7 d) that it did not
+    # hold before its first GC pass: a mark written once and left alone while the
+    # role stays put would be lost to a joiner that missed its join sync.
+    def fast_wall_clock() -> float:
+        return EPOCH + trio.current_time() * 3600  # one virtual second = one hour
+
+    tokens = Tokens()
+    config = Config(name="n0", bind="10.0.0.1", port=PORT, cluster_net=("10.0.0.1/32",))
+    with trio.fail_after(600):
+        async with open_node(
+            config,
+            roles=[tokens.role()],
+            network=MemoryNetwork(seed=3),
+            hw_sampler=lambda: (10.0, 30.0),
+            clock=fast_wall_clock,
+        ) as node:
+            await node.wait_ready()
+            assert tokens.seen == [(1, "n0")]
+            await trio.sleep(8 * 24)  # eight days of wall time hold the role in place
+            late = open_store("memory://", owner="late", clock=fast_wall_clock)
+            late.gc()  # its GC floor is now a week ago
+            late.merge(node._store.full_state())
+            assert late.get(("epoch", "solo", "n0")) == 1
+            late.close()
+    assert tokens.seen == [(1, "n0")]
