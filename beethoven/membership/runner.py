@@ -43,7 +43,7 @@ from beethoven.membership.api import (
 )
 from beethoven.transport.base import Transport
 from beethoven.wire.framing import FrameChannel
-from beethoven.wire.messages import Message
+from beethoven.wire.messages import Message, PushPullReply
 from beethoven.wire.packet import PacketCodec
 from beethoven.wire.security import Keyring
 
@@ -382,7 +382,10 @@ class MembershipRunner:
         if reply is None:
             self._n["stream_requests_failed"] += 1
         if request.token in self._awaited:
-            self._results[request.token] = reply is not None
+            # An answer from a node bearing our own name is no join: nothing is merged.
+            self._results[request.token] = reply is not None and not (
+                isinstance(reply, PushPullReply) and reply.sender == self.core.name
+            )
         self._call(
             "handle_stream_reply",
             lambda: self.core.handle_stream_reply(trio.current_time(), request.token, reply),

@@ -481,6 +481,11 @@ class SwimCore:
             if holder is not None:
                 self._withdraw(holder)
                 return out
+            if reply.sender == self._name:
+                # A later namesake (or ourselves at an alias address) answered: we
+                # hold the name; merging its view would merge nothing but that claim.
+                self._c_joins_failed += 1
+                return out
             self._c_joins_ok += 1
             self._merge(now, reply.members, reply.sender, rebroadcast=False)
             # Members that join right after us learn us from their join replies and

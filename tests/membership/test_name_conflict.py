@@ -183,6 +183,12 @@ def test_holder_joining_through_a_later_namesake_keeps_its_name() -> None:
     real.handle_stream_reply(1.1, token, namesake)
     assert real.name_conflict is None
     assert holder(real) == (addr(1), OLD_GEN, MemberStatus.ALIVE)
+    assert [m.name for m in real.members()] == ["n1"]
+    assert (real.stats().joins_ok, real.stats().joins_failed) == (0, 1)
+    # Its claim, relayed by anyone, is refused like any namesake's.
+    real.handle_datagram(2.0, addr(3), [Alive("n1", NEW_GEN, 1, addr(9))])
+    assert holder(real) == (addr(1), OLD_GEN, MemberStatus.ALIVE)
+    assert real.incarnation == 0
     assert real.stats().name_conflicts == 1
 
 
