@@ -292,12 +292,16 @@ class _View:
         # key has one writer that only raises it: a max-register per node. They are
         # never deleted, and neither a new generation nor the reaping of an owner
         # touches the LWW map. Every writer of a mark has an LWW cover (never purged).
+        # A holding still in the store counts too: anti-entropy may bring it first.
         store = self._node._store
         marks: dict[str, int] = {}
         for writer in list(store.lww.covers):
             value = store.get((_EPOCH_PREFIX, role, writer))
             if _is_epoch(value):
                 marks[writer] = value
+        for owner, held in store.values_of(("hold", role)).items():
+            if isinstance(held, dict) and _is_epoch(held.get("epoch")):
+                marks[owner] = max(marks.get(owner, 0), held["epoch"])
         return marks
 
     def publish_holding(self, role: str, epoch: int) -> None:

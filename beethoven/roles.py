@@ -9,9 +9,10 @@ acts only on its own part of it:
   ends), publish the mark and the holding together, start the task;
 * hosting and no longer assigned → ask the task to stop (``ctx.stopping``), cancel
   it after the grace period, then withdraw the holding (the epoch mark stays);
-* hosting at an epoch not above the mark of a holding that has ended (after a
-  healed partition the released duplicate may have taken a higher one) → take a
-  new epoch above every mark and publish it (``ctx.epoch`` rises in place).
+* hosting at an epoch not above the mark of an online node that no longer holds
+  the role (after a healed partition the released duplicate may have taken a
+  higher one) → take a new epoch above every mark and publish it (``ctx.epoch``
+  rises in place).
 
 A role task that raises is restarted with exponential back-off and reported
 (log, stats, `RoleStatus`); a role task that returns on its own is restarted the
@@ -403,19 +404,22 @@ class RoleMgmt:
         return epoch
 
     def _refence_if_stale(self, name: str, hosted: _Hosted) -> None:
-        """Take a new epoch if a holding that has ended had one at or above ours.
+        """Take a new epoch if an online non-holder's mark is at or above ours.
 
         After a healed partition the released duplicate may have taken a higher
         epoch than the holder that keeps the role; the keeper must not stay below it
         (the external system would refuse the legitimate holder). Current holders
-        are not compared with each other, so two holders never outbid each other.
+        are not compared with each other, so two holders never outbid each other;
+        nor are nodes this one sees offline: across a partial partition two holders
+        that each see the other dead would outbid each other without end.
         """
         holders = self._view.role_holders(name)
+        online = set(self._view.online_nodes())
         ended = max(
             (
                 epoch
                 for node, epoch in self._view.epoch_marks(name).items()
-                if node != self.node and node not in holders
+                if node != self.node and node in online and node not in holders
             ),
             default=0,
         )
