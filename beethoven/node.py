@@ -21,6 +21,7 @@ Node status (online/offline) comes from membership, not from the store.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import json
 import logging
@@ -87,8 +88,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Seconds the graceful leave may take when the ``async with`` block ends.
+#: Seconds the graceful leave (roles stopped, holdings withdrawn, ``Leave`` gossiped) may
+#: take when the ``async with`` block ends, however it ends; shielded from cancellation.
 LEAVE_TIMEOUT = 10.0
+#: Seconds the final store flush may take after the leave (shielded too).
+FLUSH_TIMEOUT = 5.0
 #: Members each store delta is pushed to (and relayed to, when it is news).
 STORE_FANOUT = 3
 #: Seconds between two anti-entropy exchanges of the store.
@@ -699,8 +703,10 @@ class Node:
         afterwards (nothing more is sent when it closes).
         """
         self._killed = True
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        if self._services is not None:
+            self._services.cancel()
+        if self._lifetime is not None:
+            self._lifetime.cancel()
 
     # --- internals: membership glue -------------------------------------------------
 
@@ -972,7 +978,9 @@ class Node:
 
     # --- lifecycle ------------------------------------------------------------------
 
-    _nursery: trio.Nursery | None = None
+    _nursery: trio.Nursery | None = None  # the services' nursery (see _node_nursery)
+    _services: _Services | None = None
+    _lifetime: trio.CancelScope | None = None  # the scope around the body and the services
     _killed = False
 
     async def _start(self, nursery: trio.Nursery) -> None:
@@ -1005,14 +1013,28 @@ class Node:
         self._ready.set()
 
     async def _stop(self) -> None:
+        """The goodbye, however the block ends: roles, leave, flush — each bounded.
+
+        Runs in the body's task while the services still run (`_node_nursery` keeps
+        them out of reach of the cancellation that may be ending the body), inside
+        shielded scopes with deadlines, so a cancelled caller waits at most
+        ``LEAVE_TIMEOUT + FLUSH_TIMEOUT`` seconds. After a kill, or when a service
+        already failed (nothing left to say it with), only the store is flushed.
+        """
         if self._killed:
             return
-        with trio.move_on_after(LEAVE_TIMEOUT) as scope:
-            scope.shield = True
-            await self._roles.stop_all()
-            await self._runner.leave(linger=min(1.0, 4 * self._params.gossip_interval))
+        services = self._services
+        if services is not None and services.running:
+            with trio.move_on_after(LEAVE_TIMEOUT) as scope:
+                scope.shield = True
+                await self._roles.stop_all()
+                await self._runner.leave(linger=min(1.0, 4 * self._params.gossip_interval))
+            if scope.cancelled_caught:
+                logger.warning(
+                    "node %s: leaving took over %s s, cut short", self.name, LEAVE_TIMEOUT
+                )
         try:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
+            with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_TIMEOUT):
                 await self._store.flush()
         except StoreError:
             logger.exception("final store flush failed")
@@ -1044,6 +1066,22 @@ def _membership_params(config: Config) -> SwimParams:
         return attrs.evolve(params, **values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"membership: {exc}") from None
+
+
+def _with_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
+    """*config* with keyword *overrides* applied, as `open_node` promises: bad is ConfigError."""
+    known = sorted(f.name for f in attrs.fields(Config))
+    for key in overrides:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"unknown configuration key {key!r} ({hint}known keys: {', '.join(known)})"
+            )
+    try:
+        return attrs.evolve(config, **overrides)
+    except (TypeError, ValueError) as exc:  # a converter's complaint; validators raise ConfigError
+        raise ConfigError(str(exc)) from None
 
 
 def _keyring(config: Config) -> Keyring | None:
@@ -1093,7 +1131,7 @@ async def open_node(
     if config is None:
         config = load_config(**overrides)
     elif overrides:
-        config = attrs.evolve(config, **overrides)
+        config = _with_overrides(config, overrides)
     if roles:
         config = attrs.evolve(config, roles=(*config.roles, *roles))
     params = _membership_params(config)
@@ -1145,28 +1183,88 @@ async def _open_transport(
             yield udp
 
 
+class _Services:
+    """The node's service tasks: one nursery, in a task shielded from outside cancellation.
+
+    Cancelling the caller's scope, a sibling's failure or a ``KeyboardInterrupt`` in
+    the caller's nursery reaches the body of ``open_node``'s block, never the
+    services directly: the graceful leave the body's exit runs still has the
+    runner's receive and send loops, the transport and the role tasks. They end
+    when `cancel` is called (after the leave), when the node is killed, or when
+    one of them fails.
+    """
+
+    def __init__(self) -> None:
+        self.shield = trio.CancelScope(shield=True)
+        self.running = False
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Hold the services' nursery open until `cancel` (or a service fails)."""
+        # A start cancelled from outside ends here, before the shield: past it,
+        # nothing from outside could end this task while ``nursery.start`` waits.
+        await trio.lowlevel.checkpoint()
+        try:
+            with self.shield:
+                async with trio.open_nursery() as nursery:
+                    self.running = True
+                    task_status.started(nursery)
+                    await trio.sleep_forever()
+        finally:
+            self.running = False
+
+    def cancel(self) -> None:
+        """Cancel every service (safe before `run` and more than once)."""
+        self.shield.cancel()
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for e in error.exceptions for leaf in _leaves(e)]
+    return [error]
+
+
 @asynccontextmanager
 async def _node_nursery(node: Node) -> AsyncIterator[trio.Nursery]:
-    """A nursery whose body exceptions come out unwrapped, service failures wrapped."""
+    """The services' nursery (see `_Services`); the body runs beside it, cancellable.
+
+    When the body's block is left — normally, by an exception, or by a cancellation
+    from outside — the body's ``finally`` (the graceful leave) runs while the
+    services still serve; then they are cancelled. A cancellation from outside is
+    still honoured afterwards (its ``Cancelled`` comes out for its scope to catch).
+    The body's exception comes out unwrapped; a failed service as one
+    `BeethovenError` (a ``KeyboardInterrupt`` or other ``BaseException`` delivered
+    inside a service as itself).
+    """
     body_error: BaseException | None = None
+    services = _Services()
+    node._services = services
     try:
-        async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as outer:
+            node._lifetime = outer.cancel_scope
             try:
-                yield nursery
-            except BaseException as exc:
-                body_error = exc
-                raise
+                nursery: trio.Nursery = await outer.start(services.run)
+                try:
+                    yield nursery
+                except BaseException as exc:
+                    body_error = exc
+                    raise
             finally:
-                nursery.cancel_scope.cancel()
+                services.cancel()
     except BaseExceptionGroup as group:
-        # A body that was only cancelled because a service failed reports that failure.
-        failed = group.split(trio.Cancelled)[1] is not None
-        if body_error is not None and not (isinstance(body_error, trio.Cancelled) and failed):
-            rest = group.split(lambda e: e is body_error or isinstance(e, trio.Cancelled))[1]
-            if rest is not None:
+        leaves = _leaves(group)
+        if body_error is not None and any(e is body_error for e in leaves):
+            rest = [e for e in leaves if e is not body_error and not isinstance(e, trio.Cancelled)]
+            if rest:
                 logger.error("node %s: services failed while the body raised: %r", node.name, rest)
             raise body_error from None
-        failures = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+        failures = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+        if not failures:
+            raise  # only cancellations from outside: their scopes catch them
+        for failure in failures:
+            if not isinstance(failure, Exception):
+                raise failure from None  # KeyboardInterrupt, SystemExit: not a failure of ours
         if len(failures) == 1 and isinstance(failures[0], BeethovenError):
             raise failures[0] from None
         raise BeethovenError(f"node {node.name}: a service failed: {failures!r}") from group

@@ -5,12 +5,17 @@
 partition nodes deterministically, under ``trio.testing.MockClock``::
 
     async def test_failover(autojump_clock):
-        async with open_cluster(3, roles=[Role("solo", 1, work)]) as cluster:
-            await cluster.wait_ready()
-            (holder,) = cluster.node("n0").whois_hosting("solo")
-            await cluster.crash(holder)
-            survivor = cluster.nodes()[0]
-            await cluster.wait_for(lambda: survivor.whois_hosting("solo") not in ([], [holder]))
+        async with open_cluster(3, roles=[Role("solo", 1, idle_role)]) as cluster:
+            with trio.fail_after(60):
+                await cluster.wait_converged()  # every node agrees on members and holders
+                (holder,) = cluster.node("n0").whois_hosting("solo")
+                await cluster.crash(holder)
+                survivor = cluster.nodes()[0]
+                await cluster.wait_for(lambda: survivor.whois_hosting("solo") not in ([], [holder]))
+
+`Cluster.wait_ready` only says that each node is ready (its discovery finished and it
+planned its roles once): the nodes may still disagree on who is online or who holds
+a role. Wait with `Cluster.wait_converged` before reading cluster-wide answers.
 """
 
 from __future__ import annotations
@@ -148,12 +153,20 @@ class Cluster:
         """Kill *name* like ``kill -9``: it goes silent at once, nothing is said."""
         slot = self._slots[name]
         self.network.crash(self.address(name))
+        if slot.node is not None:
+            slot.node.kill()  # no goodbye: cancelling the block alone would leave gracefully
         if slot.scope is not None:
             slot.scope.cancel()
         await slot.done.wait()
 
     async def stop(self, name: str) -> None:
-        """Stop *name* gracefully (it leaves the cluster)."""
+        """Stop *name* gracefully, as leaving its ``async with open_node`` block does.
+
+        Its roles stop (their holdings withdrawn) and it announces a ``Leave``: peers
+        see it ``left`` within about a gossip round, not suspect then dead, and its
+        roles move at once. Takes at most ``beethoven.node.LEAVE_TIMEOUT`` seconds
+        (plus the store flush).
+        """
         slot = self._slots[name]
         if slot.scope is not None:
             slot.scope.cancel()
@@ -172,9 +185,21 @@ class Cluster:
     # --- waiting --------------------------------------------------------------------
 
     async def wait_ready(self) -> None:
-        """Wait until every running node is ready (bound it with ``trio.fail_after``)."""
+        """Wait until every running node is ready (bound it with ``trio.fail_after``).
+
+        Each node is then ready by itself (`Node.wait_ready`); they need not agree
+        yet: use `wait_converged` for that.
+        """
         for node in self.nodes():
             await node.wait_ready()
+
+    async def wait_converged(self, *, step: float = 0.05) -> None:
+        """Wait until every running node is ready and all agree (see `agreed`).
+
+        Bound it with ``trio.fail_after``.
+        """
+        await self.wait_ready()
+        await self.wait_for(self.agreed, step=step)
 
     async def wait_for(self, condition: Callable[[], bool], *, step: float = 0.05) -> None:
         """Wait until *condition* holds, checking every *step* seconds of (virtual) time.
@@ -188,6 +213,33 @@ class Cluster:
         """True when every running node sees exactly the running nodes online."""
         running = sorted(self.running())
         return all(n.get_active_cluster_nodes() == running for n in self.nodes())
+
+    def agreed(self) -> bool:
+        """True when the running nodes agree on members and on every role's holders.
+
+        That is: `converged`; every node reports the same holders for every role
+        (`Node.get_roles`); those holders are the nodes that really run the role;
+        and each role has as many holders as it wants, or as many eligible
+        running nodes as there are.
+        """
+        nodes = self.nodes()
+        if not nodes or not self.converged():
+            return False
+        views = [n.get_roles() for n in nodes]
+        if any(view != views[0] for view in views):
+            return False
+        hosting = {n.name: {s.role for s in n.role_status()} for n in nodes}
+        declared = {role.name: role for n in nodes for role in n.config.roles}
+        for info in views[0]:
+            if {name for name, roles in hosting.items() if info.role in roles} != set(info.nodes):
+                return False
+            role = declared.get(info.role)
+            eligible = sum(
+                1 for n in nodes if role is None or role.eligible <= frozenset(n.config.tags)
+            )
+            if info.assigned != min(info.count, eligible):
+                return False
+        return True
 
 
 @asynccontextmanager
