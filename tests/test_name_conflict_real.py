@@ -107,6 +107,17 @@ async def test_impostor_agent_exits_1_naming_the_holder_and_agent1_keeps_its_nam
         assert len(lines) == 1, result.stderr
         assert holder in lines[0]
         assert "agent1" in lines[0]
+        # At the default log level too: the log lines, then that one error line.
+        result = await trio.to_thread.run_sync(
+            lambda: subprocess.run(
+                command, capture_output=True, text=True, timeout=60, env=ENV, check=False
+            )
+        )
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("beethoven: "), result.stderr
+        assert holder in last
 
         # agent1 is still agent1, online at its address, with its role, in both views;
         # watched over many suspicion timeouts of the local preset, not sampled once.

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from beethoven.address import Address
 from beethoven.config import Config
@@ -239,6 +241,43 @@ def test_refused_life_is_accepted_once_the_holder_is_dead() -> None:
     # That life is now the holder: its own facts apply again.
     seed.handle_datagram(4.0, addr(9), [Leave("n1", NEW_GEN, 2)])
     assert holder(seed) == (addr(9), NEW_GEN, MemberStatus.LEFT)
+
+
+_CLAIM = st.tuples(
+    st.sampled_from(["holder-alive", "holder-suspect", "alive", "suspect", "dead", "leave"]),
+    st.integers(0, 5),  # incarnation
+)
+
+
+@given(st.lists(_CLAIM, max_size=30))
+def test_no_interleaving_of_namesake_claims_displaces_the_live_holder(
+    claims: list[tuple[str, int]],
+) -> None:
+    """Once a namesake's alive was refused, nothing it says displaces the holder.
+
+    The holder's own life goes on meanwhile (refutations, suspicions by others).
+    """
+    seed = cluster()
+    seed.handle_datagram(0.5, addr(9), [Alive("n1", NEW_GEN, 0, addr(9))])
+    for kind, inc in claims:
+        msg: Message
+        if kind == "holder-alive":
+            msg = Alive("n1", OLD_GEN, inc, addr(1))
+        elif kind == "holder-suspect":
+            msg = Suspect("n1", OLD_GEN, inc, "n3")
+        elif kind == "alive":
+            msg = Alive("n1", NEW_GEN, inc, addr(9))
+        elif kind == "suspect":
+            msg = Suspect("n1", NEW_GEN, inc, "n1")
+        elif kind == "dead":
+            msg = Dead("n1", NEW_GEN, inc, "n1")
+        else:
+            msg = Leave("n1", NEW_GEN, inc)
+        seed.handle_datagram(1.0, addr(9), [msg])
+        m = seed.member("n1")
+        assert m is not None
+        assert (m.addr, m.generation) == (addr(1), OLD_GEN)
+        assert m.status in (MemberStatus.ALIVE, MemberStatus.SUSPECT)
 
 
 # --- node level: open_node on the memory network, mock clock ---------------------------
