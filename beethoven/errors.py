@@ -53,5 +53,5 @@ class NameConflictError(BeethovenError):
     def __str__(self) -> str:
         return (
             f"node name {self.name!r} is held by a live member at {self.holder}; "
-            "choose another name, or stop that node first"
+            "choose another name, or stop that node and retry once the cluster sees it gone"
         )
