@@ -4,21 +4,29 @@ Exit codes (every subcommand):
 
 * 0 — success (an agent stopped by SIGINT/SIGTERM left the cluster gracefully);
 * 1 — a runtime failure: an unreachable agent, a wrong key, a port in use, ...;
-* 2 — bad usage: a bad flag, a bad or unreadable config file, a bad value.
+* 2 — bad usage: a bad flag, a bad or unreadable config file, a bad value;
+* 130 (143) — another command stopped by Ctrl-C, SIGINT (SIGTERM), before it finished.
 
 Errors are printed as one line on stderr, never as a traceback.
+
+Ctrl-C is handled one way for every command: the trio commands (agent, demo,
+members/roles/status) run under `run_interruptible`, where SIGINT or SIGTERM
+cancels the command's work — its nodes leave the cluster gracefully on the way
+out — and then `Interrupted` says which signal; `sim`, plain Python, gets a
+``KeyboardInterrupt``. `main` turns both into one line and the exit code.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import trio
 
@@ -30,15 +38,88 @@ from beethoven.wire.framing import FrameChannel
 from beethoven.wire.messages import Query, QueryReply
 from beethoven.wire.security import Keyring, generate_key, key_to_string
 
-__all__ = ["main"]
+__all__ = ["Interrupted", "main", "run_interruptible"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+#: 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C.
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+
+_T = TypeVar("_T")
 
 
 class _UsageError(Exception):
     """Bad flags or configuration: exit code 2."""
+
+
+class Interrupted(Exception):
+    """A signal stopped a command after its work was cancelled and cleaned up.
+
+    Attributes:
+        signum: the signal (``SIGINT`` for Ctrl-C, or ``SIGTERM``).
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def run_interruptible(
+    async_fn: Callable[[], Awaitable[_T]],
+    *,
+    on_signal: Callable[[int], None] | None = None,
+) -> _T:
+    """Run *async_fn* under trio until it returns, or until SIGINT or SIGTERM arrives.
+
+    A signal cancels *async_fn*, so whatever it runs unwinds as on any
+    cancellation (an `open_node` block leaves the cluster gracefully, within its
+    bounded deadline); a second signal meanwhile is ignored.
+
+    Args:
+        async_fn: the command's work.
+        on_signal: called with the signal number when one arrives (to log it).
+
+    Returns:
+        What *async_fn* returned.
+
+    Raises:
+        Interrupted: a signal stopped it (raised once it has unwound).
+    """
+    received: list[int] = []
+    outcome: list[Any] = []
+
+    async def guarded() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    async for signum in signals:
+                        if not received:
+                            received.append(signum)
+                            if on_signal is not None:
+                                on_signal(signum)
+                            nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch)
+                try:
+                    outcome.append((True, await async_fn()))
+                except BaseException as exc:
+                    cancelled = isinstance(exc, trio.Cancelled) or (
+                        isinstance(exc, BaseExceptionGroup) and not exc.split(trio.Cancelled)[1]
+                    )
+                    if cancelled:
+                        raise  # this nursery's scope catches it
+                    outcome.append((False, exc))  # re-raised below, outside the nursery's group
+                nursery.cancel_scope.cancel()
+
+    trio.run(guarded)
+    if outcome and not outcome[0][0]:
+        raise outcome[0][1]
+    if received:
+        raise Interrupted(received[0])
+    value: _T = outcome[0][1]
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -138,25 +219,17 @@ async def _run_agent(config: Config) -> None:
     from beethoven.node import open_node
 
     log = logging.getLogger("beethoven.agent")
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    try:
         async with open_node(config) as node:
             log.info(
                 "node %s listening on %s (cluster %s)", node.name, node.address, config.cluster
             )
-
-            async def report_ready() -> None:
-                await node.wait_ready()
-                log.info(
-                    "ready: %s, online %s", node.get_node_status(), node.get_active_cluster_nodes()
-                )
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(report_ready)
-                async for signum in signals:
-                    log.info("received %s: leaving the cluster", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    break
-    log.info("stopped")
+            await node.wait_ready()
+            online = node.get_active_cluster_nodes()
+            log.info("ready: %s, online %s", node.get_node_status(), online)
+            await trio.sleep_forever()
+    finally:
+        log.info("stopped")
 
 
 def _agent(args: argparse.Namespace) -> int:
@@ -167,7 +240,15 @@ def _agent(args: argparse.Namespace) -> int:
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     config = _config_from_flags(args)
-    trio.run(_run_agent, config)
+
+    def announce(signum: int) -> None:
+        logging.getLogger("beethoven.agent").info(
+            "received %s: leaving the cluster", signal.Signals(signum).name
+        )
+
+    # A signal is the agent's one way to finish, after a graceful leave: exit 0.
+    with contextlib.suppress(Interrupted):
+        run_interruptible(lambda: _run_agent(config), on_signal=announce)
     return EXIT_OK
 
 
@@ -247,7 +328,7 @@ def _format(kind: str, body: Any) -> str:
 def _query(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise _UsageError("--timeout must be positive")
-    body = trio.run(
+    body = run_interruptible(
         lambda: query_agent(args.address, args.command, key=args.key, timeout=args.timeout)
     )
     print(json.dumps(body, indent=2, sort_keys=True) if args.json else _format(args.command, body))
@@ -306,8 +387,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"beethoven: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return EXIT_FAILURE
+    except Interrupted as exc:
+        print(f"beethoven: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:  # plain Python (sim), or Ctrl-C before trio started
+        print("beethoven: interrupted by SIGINT", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def entry_point() -> NoReturn:

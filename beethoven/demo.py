@@ -7,6 +7,9 @@ scores, kills the scheduler's node (no goodbye: it just goes silent), shows the
 death being detected and the role moving, brings the node back, and prints a
 summary. On a terminal the view updates in place; otherwise it prints one line per
 event. Everything stays on 127.0.0.0/8.
+
+Ctrl-C (SIGINT) or SIGTERM stops it cleanly: every node still running leaves the
+cluster gracefully, the summary so far is printed, and the command exits 130 (143).
 """
 
 from __future__ import annotations
@@ -86,9 +89,10 @@ class _Demo:
                 )
             self.event(f"{ctx.node} starts {ctx.role} (epoch {ctx.epoch})")
             try:
-                while True:
+                while not ctx.stopping.is_set():  # a stop (a leave) ends it at once
                     ctx.report_health("ok")
-                    await trio.sleep(1)
+                    with trio.move_on_after(1):
+                        await ctx.stopping.wait()
             finally:
                 self.running[ctx.role].discard(ctx.node)
 
@@ -241,33 +245,57 @@ class _Demo:
 
 
 def run_demo(*, nodes: int = 5, duration: float = 30.0, as_json: bool = False) -> int:
-    """Run the demo; return 0 if the failover worked without running a role twice."""
+    """Run the demo; return 0 if the failover worked without running a role twice.
+
+    Raises:
+        Interrupted: SIGINT or SIGTERM stopped it (after the summary so far was printed).
+    """
+    from beethoven.cli import Interrupted, run_interruptible
+
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     demo = _Demo(nodes, duration, live=sys.stdout.isatty() and not as_json, quiet=as_json)
     started = time.monotonic()
+    interrupted: Interrupted | None = None
     try:
-        summary = trio.run(demo.main)
+        run_interruptible(demo.main)
+    except Interrupted as exc:
+        interrupted = exc
+        line = f"[{time.monotonic() - started:5.1f}s] {exc}: stopped, the nodes left the cluster"
+        demo.summary.events.append(line)
+        if not as_json:
+            print(line, flush=True)
     except OSError as exc:
-        raise BeethovenError(f"the demo could not bind 127.0.0.x: {exc}") from exc
+        raise BeethovenError(f"the demo could not bind 127.0.0.x: {exc}") from None
+    except ExceptionGroup as group:  # a node's bind failed inside the demo's nursery
+        bind: OSError | ExceptionGroup[OSError] | None = group.subgroup(OSError)
+        if bind is None:
+            raise
+        while isinstance(bind, ExceptionGroup):
+            bind = bind.exceptions[0]
+        raise BeethovenError(f"the demo could not bind 127.0.0.x: {bind}") from None
+    summary = demo.summary
     wall = time.monotonic() - started
     if as_json:
         body: dict[str, Any] = attrs.asdict(summary)
         body["ok"] = summary.ok
+        body["interrupted"] = interrupted is not None
         body["wall_seconds"] = round(wall, 2)
         print(json.dumps(body, indent=2))
     else:
-        _print_summary(summary, wall)
+        _print_summary(summary, wall, interrupted=interrupted is not None)
+    if interrupted is not None:
+        raise interrupted
     return 0 if summary.ok else 1
 
 
-def _print_summary(s: DemoSummary, wall: float) -> None:
+def _print_summary(s: DemoSummary, wall: float, *, interrupted: bool = False) -> None:
     def since_kill(t: float | None) -> str:
         if t is None or s.killed_at is None:
             return "did not happen"
         return f"{t - s.killed_at:.1f} s after the kill"
 
     print()
-    print("Summary")
+    print("Summary (interrupted: what happened so far)" if interrupted else "Summary")
     print(f"  nodes                 {s.nodes}")
     ready = "no" if s.ready_after is None else f"{s.ready_after:.1f} s"
     print(f"  cluster ready after   {ready}")
@@ -281,4 +309,5 @@ def _print_summary(s: DemoSummary, wall: float) -> None:
     )
     print(f"  {s.killed} back online   {back}")
     print(f"  schedulers at once    at most {s.max_schedulers_at_once}")
-    print(f"  result                {'OK' if s.ok else 'FAILED'} in {wall:.1f} s")
+    result = "INTERRUPTED" if interrupted else ("OK" if s.ok else "FAILED")
+    print(f"  result                {result} in {wall:.1f} s")
