@@ -14,7 +14,10 @@ Replication of the store rides on the membership layer:
   dissemination that stops by itself, since a duplicate changes nothing);
 * a periodic anti-entropy exchange over TCP with one random member
   (``StoreSyncRequest``/``StoreSyncReply``, digest first) repairs anything lost,
-  and runs at once with the peers a join went through.
+  and runs at once with the peers a join went through;
+* a delta too large for a datagram (a value up to ``max_value``) is pushed by
+  such an exchange with each of the fan-out members instead, and news a sync
+  brings is relayed as a datagram's is, so it reaches every node in a few hops.
 
 Node status (online/offline) comes from membership, not from the store.
 """
@@ -254,6 +257,19 @@ _MAX_EPOCH = 2**53
 
 def _is_epoch(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_EPOCH
+
+
+def _is_news(changes: Changes) -> bool:
+    """Whether merged changes are relayed epidemically.
+
+    Score refreshes are not: they are frequent and volatile, so the direct push
+    plus anti-entropy carries them (no O(N²) relay).
+    """
+    return bool(
+        changes.shared
+        or changes.removed_owners
+        or any(key != _SCORE_KEY for _, key in changes.owned)
+    )
 
 
 def _check_kv_key(key: str) -> str:
@@ -832,13 +848,7 @@ class Node:
         if not changes:
             return
         self._note_changes(changes)
-        # Relay news epidemically, except score refreshes: they are frequent and
-        # volatile, so the direct push plus anti-entropy carries them (no O(N²) relay).
-        if (
-            changes.shared
-            or changes.removed_owners
-            or any(key != _SCORE_KEY for _, key in changes.owned)
-        ):
+        if _is_news(changes):
             self._disseminate(message.payload, exclude=source)
         else:
             self._roles.notify()
@@ -869,7 +879,7 @@ class Node:
                     if not isinstance(reply, StoreSyncReply):
                         raise CodecError(f"expected StoreSyncReply, got {type(reply).__name__}")
                     if reply.delta:
-                        self._merge_synced(reply.delta)
+                        self._merge_synced(reply.delta, peer)
                     if not reply.digest:
                         break
                     answer = self._store.reconcile(reply.digest)
@@ -896,15 +906,22 @@ class Node:
         if changes.removed_owners or any(key == _SCORE_KEY for _, key in changes.owned):
             self._scores_changed()
 
-    def _merge_synced(self, delta: bytes) -> None:
+    def _merge_synced(self, delta: bytes, peer: Address) -> None:
         try:
             changes = self._store.merge(delta)
-            if changes:
-                self._note_changes(changes)
-                self._roles.notify()
         except (CodecError, StoreError) as exc:
             self._deltas_bad += 1
-            logger.debug("bad store sync delta: %s", exc)
+            logger.debug("bad store sync delta from %s: %s", peer, exc)
+            return
+        if not changes:
+            return
+        self._note_changes(changes)
+        if _is_news(changes):
+            # Relay what a sync brought, as for a datagram: a value too large for a
+            # datagram reaches every node within a few exchanges, not anti-entropy rounds.
+            self._disseminate(delta, exclude=peer)
+        else:
+            self._roles.notify()
 
     async def _serve_store_sync(self, channel: FrameChannel, peer: Address, first: Message) -> None:
         assert isinstance(first, StoreSyncRequest)
@@ -913,7 +930,7 @@ class Node:
             for _ in range(STORE_SYNC_ROUNDS):
                 digest = message.digest
                 if isinstance(message, StoreSyncReply) and message.delta:
-                    self._merge_synced(message.delta)
+                    self._merge_synced(message.delta, peer)
                 if not digest:
                     return
                 answer = self._store.reconcile(digest)
