@@ -13,11 +13,13 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 
 from beethoven.address import Address
 from beethoven.config import FRAME_OVERHEAD, Config
 from beethoven.errors import ConfigError, StoreError
 from beethoven.node import Node, open_node
+from beethoven.testing import open_cluster
 from beethoven.transport.udp_tcp import open_udp_tcp_transport
 from beethoven.wire.security import generate_key, key_to_string
 
@@ -151,7 +153,29 @@ async def test_max_value_is_configurable_per_node() -> None:
 
 def test_max_frame_too_small_for_max_value_is_a_config_error() -> None:
     Config(max_value=2**20, max_frame=2**20 + FRAME_OVERHEAD)
-    with pytest.raises(ConfigError, match="max_frame.*max_value"):
+    with pytest.raises(ConfigError, match=r"max_frame.*max_value"):
         Config(max_value=2**20, max_frame=2**20 + FRAME_OVERHEAD - 1)
     with pytest.raises(ConfigError, match="max_value"):
         Config(max_value=0)
+
+
+async def test_value_too_large_for_a_datagram_reaches_every_node_without_anti_entropy(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the memory network: the push (a sync with 3 members) and its relays alone.
+
+    With 6 nodes the writer pushes to 3 of its 5 peers; the other 2 get the value
+    only because news a sync brings is relayed, as a datagram's is.
+    """
+    with trio.fail_after(120):
+        async with open_cluster(6, preset="local") as cluster:
+            await cluster.wait_ready()
+            await cluster.wait_for(cluster.converged)
+            monkeypatch.setattr("beethoven.node.STORE_SYNC_INTERVAL", 1e6)
+            await trio.sleep(10)  # let the anti-entropy loops fall asleep for good
+            value = b"v" * 70_000
+            cluster.node("n0").kv.put("big", value)
+            with trio.fail_after(5):
+                await cluster.wait_for(
+                    lambda: all(n.kv.get("big") == value for n in cluster.nodes())
+                )
