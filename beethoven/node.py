@@ -1045,7 +1045,9 @@ class Node:
             with trio.move_on_after(LEAVE_TIMEOUT) as scope:
                 scope.shield = True
                 await self._roles.stop_all()
-                await self._runner.leave(linger=min(1.0, 4 * self._params.gossip_interval))
+                # Gossip the Leave for a few rounds; alone, there is no one to tell.
+                linger = min(1.0, 4 * self._params.gossip_interval) if self._peers else 0.0
+                await self._runner.leave(linger=linger)
             if scope.cancelled_caught:
                 logger.warning(
                     "node %s: leaving took over %s s, cut short", self.name, LEAVE_TIMEOUT
