@@ -8,8 +8,12 @@ raised ``IndexError`` and took the node's nursery down. Now every value up to
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
@@ -179,3 +183,18 @@ async def test_value_too_large_for_a_datagram_reaches_every_node_without_anti_en
                 await cluster.wait_for(
                     lambda: all(n.kv.get("big") == value for n in cluster.nodes())
                 )
+
+
+def test_one_mib_value_reaches_every_node_process(tmp_path: Path) -> None:
+    """Separate OS processes (``benchmarks/large_values.py``): 1 MiB from one of 3 to all."""
+    out = tmp_path / "lv.json"
+    cmd = [sys.executable, "-m", "benchmarks.large_values", "--nodes", "3", "--reps", "2"]
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [*cmd, "--json", str(out)], cwd=root, capture_output=True, text=True, timeout=150
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["value_bytes"] == 1_048_576
+    assert len(figures["runs"]) == 2
+    assert all(run["exchange_errors"] == 0 for run in figures["runs"])
