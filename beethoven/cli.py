@@ -2,10 +2,11 @@
 
 Exit codes (every subcommand):
 
-* 0 — success (an agent stopped by SIGINT/SIGTERM left the cluster gracefully);
+* 0 — success (an agent stopped by SIGTERM left the cluster gracefully);
 * 1 — a runtime failure: an unreachable agent, a wrong key, a port in use, ...;
 * 2 — bad usage: a bad flag, a bad or unreadable config file, a bad value;
-* 130 (143) — another command stopped by Ctrl-C, SIGINT (SIGTERM), before it finished.
+* 130 — stopped by Ctrl-C (SIGINT), after a clean stop (an agent has left the
+  cluster); 143 — another command stopped by SIGTERM before it finished.
 
 Errors are printed as one line on stderr, never as a traceback.
 
@@ -19,7 +20,6 @@ out — and then `Interrupted` says which signal; `sim`, plain Python, gets a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import signal
@@ -246,9 +246,13 @@ def _agent(args: argparse.Namespace) -> int:
             "received %s: leaving the cluster", signal.Signals(signum).name
         )
 
-    # A signal is the agent's one way to finish, after a graceful leave: exit 0.
-    with contextlib.suppress(Interrupted):
+    try:
         run_interruptible(lambda: _run_agent(config), on_signal=announce)
+    except Interrupted as exc:
+        # SIGTERM is how a service manager stops an agent: after the graceful leave
+        # that is success (exit 0). Ctrl-C is reported as every command reports it.
+        if exc.signum != signal.SIGTERM:
+            raise
     return EXIT_OK
 
 

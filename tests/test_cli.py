@@ -76,7 +76,14 @@ def test_bad_config_file_is_exit_2_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_agent_answers_queries_and_leaves_on_sigint(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("stop", "code"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 0)],  # Ctrl-C as every command; a service stop
+    ids=["sigint-130", "sigterm-0"],
+)
+def test_agent_answers_queries_and_leaves_on_a_signal(
+    tmp_path: Path, stop: signal.Signals, code: int
+) -> None:
     port = free_port()
     key = key_to_string(generate_key())
     config = tmp_path / "node.toml"
@@ -132,13 +139,13 @@ def test_agent_answers_queries_and_leaves_on_sigint(tmp_path: Path) -> None:
         keyless = run("status", "--address", address, "--timeout", "1")
         assert keyless.returncode == 1
     finally:
-        agent.send_signal(signal.SIGINT)
+        agent.send_signal(stop)
         try:
             _, stderr = agent.communicate(timeout=20)
         except subprocess.TimeoutExpired:
             agent.kill()
             raise
-    assert agent.returncode == 0, stderr
+    assert agent.returncode == code, stderr
     assert "leaving the cluster" in stderr
     assert "Traceback" not in stderr
 
