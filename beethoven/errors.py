@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "BeethovenError",
+    "ClockSkewError",
     "CodecError",
     "ConfigError",
     "NameConflictError",
@@ -27,6 +28,18 @@ class CodecError(BeethovenError, ValueError):
 
 class SecurityError(BeethovenError):
     """A packet or frame failed authentication, decryption or the replay check."""
+
+
+class ClockSkewError(SecurityError):
+    """An authentic sealed frame was refused: the sender's clock is off beyond the age limit.
+
+    Attributes:
+        offset_ms: sender timestamp minus this node's clock, in milliseconds.
+    """
+
+    def __init__(self, message: str, *, offset_ms: int) -> None:
+        super().__init__(message)
+        self.offset_ms = offset_ms
 
 
 class TransportError(BeethovenError, OSError):

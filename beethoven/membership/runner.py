@@ -31,7 +31,13 @@ import trio
 import trio.lowlevel
 
 from beethoven.address import Address
-from beethoven.errors import BeethovenError, CodecError, NameConflictError, SecurityError
+from beethoven.errors import (
+    BeethovenError,
+    ClockSkewError,
+    CodecError,
+    NameConflictError,
+    SecurityError,
+)
 from beethoven.fanout import Fanout, FanoutStats, Subscription
 from beethoven.membership.api import (
     Effect,
@@ -407,7 +413,10 @@ class MembershipRunner:
                 first = await channel.receive()
             except _NETWORK_ERRORS as exc:
                 self._n["streams_bad_first_frame"] += 1
-                logger.debug("dropped stream from %s: %r", peer, exc)
+                if isinstance(exc, ClockSkewError):  # rate-limited where raised (SkewNotice)
+                    logger.warning("stream from %s refused: %s", peer, exc)
+                else:
+                    logger.debug("dropped stream from %s: %r", peer, exc)
                 return
             self._n["streams_served"] += 1
             kind = f"serve {type(first).__name__}"

@@ -46,7 +46,7 @@ import attrs
 import trio
 from cryptography.exceptions import InvalidTag
 
-from beethoven.errors import CodecError, SecurityError
+from beethoven.errors import ClockSkewError, CodecError, SecurityError
 from beethoven.wire.codec import UnknownMessageType, decode, encode
 from beethoven.wire.messages import PROTOCOL_MAX, PROTOCOL_MIN, Message
 from beethoven.wire.packet import FLAG_SEALED, MAGIC, wall_clock_ms
@@ -308,6 +308,15 @@ class FrameChannel:
             raise SecurityError(f"frame sealed under unknown key id {kid.hex()}")
         now = self._clock()
         if abs(now - ts) > self._max_age:
+            notice = keyring.skew_notice
+            if notice.due(now) and self._authentic(key, salt, counter, frame):
+                notice.tell(now)
+                raise ClockSkewError(
+                    f"stale sealed frame refused: it is authentic, but the sender's clock is "
+                    f"{(ts - now) / 1000:+.1f} s off this node's, beyond the "
+                    f"{self._max_age / 1000:.0f} s limit; fix the clocks (NTP)",
+                    offset_ms=ts - now,
+                )
             raise SecurityError(f"stale frame: timestamp {ts}, now {now}")
         own = self._sealer.salt
         if echo != _NO_SALT and echo != own:
@@ -337,6 +346,16 @@ class FrameChannel:
             self._peer_bound = True
         self._expected = counter + 1
         return body
+
+    def _authentic(self, key: bytes, salt: bytes, counter: int, frame: bytes) -> bool:
+        """Whether a sealed frame's tag verifies (no session state is touched)."""
+        try:
+            self._opened.get(key, salt).decrypt(
+                nonce(counter), frame[FRAME_SEALED_HEADER_SIZE:], frame[:FRAME_SEALED_HEADER_SIZE]
+            )
+        except InvalidTag:
+            return False
+        return True
 
     async def aclose(self) -> None:
         """Close the underlying stream."""

@@ -173,6 +173,7 @@ class PacketCodec:
         self._sealer = Sealer(PACKET_INFO, salt=salt, counter=counter)
         self._opened = DerivedKeys(PACKET_INFO)
         self._sessions = SessionTable(size=sessions)
+        self._skew: int | None = None  # offset of an authentic stale datagram, for open()
         self._n: dict[str, int] = dict.fromkeys(attrs.fields_dict(WireStats), 0)
         if keyring is None:
             logger.warning(
@@ -309,8 +310,28 @@ class PacketCodec:
                 reason,
                 detail,
             )
+            skew, self._skew = self._skew, None
+            if skew is not None:
+                logger.warning(
+                    "sealed datagrams from %s are refused: they are authentic, but the "
+                    "sender's clock is %+.1f s off this node's, beyond the %.0f s limit; "
+                    "fix the clocks (NTP)",
+                    source,
+                    skew / 1000,
+                    self._max_age / 1000,
+                )
             return []
         return messages
+
+    def _authentic(self, key: bytes, salt: bytes, counter: int, data: bytes) -> bool:
+        """Whether a sealed datagram's tag verifies (no replay state is touched)."""
+        try:
+            self._opened.get(key, salt).decrypt(
+                nonce(counter), data[SEALED_HEADER_SIZE:], data[:SEALED_HEADER_SIZE]
+            )
+        except InvalidTag:
+            return False
+        return True
 
     def _unpack(self, data: bytes) -> tuple[str | None, str, list[Message]]:
         size = len(data)
@@ -336,7 +357,11 @@ class PacketCodec:
             key = keyring.get(kid)
             if key is None:
                 return "unknown_key", f" {kid.hex()}", []
-            if abs(self._clock() - ts) > self._max_age:
+            now = self._clock()
+            if abs(now - ts) > self._max_age:
+                if keyring.skew_notice.due(now) and self._authentic(key, salt, counter, data):
+                    keyring.skew_notice.tell(now)
+                    self._skew = ts - now
                 return "stale", f" timestamp {ts}", []
             sessions = self._sessions
             refused = sessions.check(salt, counter, ts)

@@ -73,6 +73,9 @@ COUNTER_LIMIT = 2**64
 DEFAULT_MAX_AGE_MS = 30_000
 """Default largest accepted |receiver clock - sender timestamp|, milliseconds."""
 
+SKEW_NOTICE_INTERVAL_MS = 60_000
+"""Milliseconds between two WARNINGs about authentic sealed packets from a far clock."""
+
 PACKET_INFO = b"beethoven/1 packet"
 """HKDF info string for UDP packet keys."""
 FRAME_INFO = b"beethoven/1 frame"
@@ -163,6 +166,7 @@ class Keyring:
         self._primary = b""
         self._primary_id = b""
         self._stream_guard: StreamGuard | None = None
+        self._skew_notice: SkewNotice | None = None
         self.install(primary)
         self._set_primary(primary)
         for key in secondaries:
@@ -256,6 +260,13 @@ class Keyring:
         if self._stream_guard is None:
             self._stream_guard = StreamGuard()
         return self._stream_guard
+
+    @property
+    def skew_notice(self) -> SkewNotice:
+        """The node-wide rate limit of clock-skew warnings (see `SkewNotice`)."""
+        if self._skew_notice is None:
+            self._skew_notice = SkewNotice()
+        return self._skew_notice
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -455,3 +466,40 @@ class StreamGuard:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+
+class SkewNotice:
+    """When to check a stale sealed packet or frame for authenticity, to tell of a far clock.
+
+    A sealed packet whose timestamp is beyond the age limit is refused before its tag
+    is checked. Refused silently, a peer whose clock is far off could never join and
+    nobody would know why. So the receiver checks the tag of such a packet now and
+    then and, when it is authentic (a key holder sent it, so the timestamp is that
+    sender's clock), logs one WARNING with the offset. At most one tag check every
+    *check_ms*, so a stranger's stale garbage costs next to nothing, and after a
+    warning none for *warn_ms*, so the log is not flooded.
+
+    Args:
+        check_ms: milliseconds between two tag checks of stale packets.
+        warn_ms: milliseconds after a warning before the next check.
+    """
+
+    def __init__(self, check_ms: int = 1_000, warn_ms: int = SKEW_NOTICE_INTERVAL_MS) -> None:
+        self._check_ms = check_ms
+        self._warn_ms = warn_ms
+        self._next_check: int | None = None
+        self._next_warn: int | None = None
+        self.told = 0  #: warnings given (authentic stale packets or frames found)
+
+    def due(self, now_ms: int) -> bool:
+        """Whether a stale packet arriving at *now_ms* should have its tag checked."""
+        for t in (self._next_check, self._next_warn):
+            if t is not None and now_ms < t:
+                return False
+        self._next_check = now_ms + self._check_ms
+        return True
+
+    def tell(self, now_ms: int) -> None:
+        """An authentic stale packet was found at *now_ms*: its warning is being logged."""
+        self.told += 1
+        self._next_warn = now_ms + self._warn_ms
