@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from beethoven.address import Address, parse_address
 from beethoven.errors import (
     BeethovenError,
+    ClockSkewError,
     CodecError,
     ConfigError,
     NameConflictError,
@@ -68,6 +69,7 @@ _LAZY = {
 __all__ = [
     "Address",
     "BeethovenError",
+    "ClockSkewError",
     "ClusterKV",
     "CodecError",
     "Config",
