@@ -59,6 +59,7 @@ from beethoven.wire.security import (
     Keyring,
     Sealer,
     nonce,
+    verifies,
 )
 
 __all__ = [
@@ -309,7 +310,9 @@ class FrameChannel:
         now = self._clock()
         if abs(now - ts) > self._max_age:
             notice = keyring.skew_notice
-            if notice.due(now) and self._authentic(key, salt, counter, frame):
+            if notice.due(now) and verifies(
+                self._opened.get(key, salt), counter, frame, FRAME_SEALED_HEADER_SIZE
+            ):
                 notice.tell(now)
                 raise ClockSkewError(
                     f"stale sealed frame refused: it is authentic, but the sender's clock is "
@@ -346,16 +349,6 @@ class FrameChannel:
             self._peer_bound = True
         self._expected = counter + 1
         return body
-
-    def _authentic(self, key: bytes, salt: bytes, counter: int, frame: bytes) -> bool:
-        """Whether a sealed frame's tag verifies (no session state is touched)."""
-        try:
-            self._opened.get(key, salt).decrypt(
-                nonce(counter), frame[FRAME_SEALED_HEADER_SIZE:], frame[:FRAME_SEALED_HEADER_SIZE]
-            )
-        except InvalidTag:
-            return False
-        return True
 
     async def aclose(self) -> None:
         """Close the underlying stream."""

@@ -35,6 +35,7 @@ from beethoven.wire.security import (
     Sealer,
     SessionTable,
     nonce,
+    verifies,
 )
 
 __all__ = [
@@ -323,16 +324,6 @@ class PacketCodec:
             return []
         return messages
 
-    def _authentic(self, key: bytes, salt: bytes, counter: int, data: bytes) -> bool:
-        """Whether a sealed datagram's tag verifies (no replay state is touched)."""
-        try:
-            self._opened.get(key, salt).decrypt(
-                nonce(counter), data[SEALED_HEADER_SIZE:], data[:SEALED_HEADER_SIZE]
-            )
-        except InvalidTag:
-            return False
-        return True
-
     def _unpack(self, data: bytes) -> tuple[str | None, str, list[Message]]:
         size = len(data)
         if size > self._max_payload:
@@ -359,7 +350,9 @@ class PacketCodec:
                 return "unknown_key", f" {kid.hex()}", []
             now = self._clock()
             if abs(now - ts) > self._max_age:
-                if keyring.skew_notice.due(now) and self._authentic(key, salt, counter, data):
+                if keyring.skew_notice.due(now) and verifies(
+                    self._opened.get(key, salt), counter, data, SEALED_HEADER_SIZE
+                ):
                     keyring.skew_notice.tell(now)
                     self._skew = ts - now
                 return "stale", f" timestamp {ts}", []

@@ -28,6 +28,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -140,6 +141,18 @@ def derive_key(key: bytes, salt: bytes, info: bytes) -> bytes:
 def nonce(counter: int) -> bytes:
     """Return the 96-bit nonce for *counter*: four zero bytes, then the u64 big-endian."""
     return _NONCE_PAD + _U64.pack(counter)
+
+
+def verifies(aead: ChaCha20Poly1305, counter: int, sealed: bytes, header_size: int) -> bool:
+    """Whether *sealed* (header, then ciphertext and tag) authenticates under *aead*.
+
+    For checks that must not change any replay state (see `SkewNotice`).
+    """
+    try:
+        aead.decrypt(nonce(counter), sealed[header_size:], sealed[:header_size])
+    except InvalidTag:
+        return False
+    return True
 
 
 class Keyring:
