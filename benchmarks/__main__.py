@@ -38,7 +38,7 @@ from benchmarks.machine import REPO, machine_facts
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH_DIR / "results"
-SUITE = ("wire", "membership", "store", "discovery", "roles", "peers")
+SUITE = ("wire", "membership", "store", "large_values", "discovery", "roles", "peers")
 QUICK_TIMEOUT = 900.0
 FULL_TIMEOUT = 4 * 3600.0
 STDERR_TAIL_LINES = 20
