@@ -222,6 +222,11 @@ async def exchange(
             if kind == "closed":
                 return HelloResult(HelloOutcome.CLOSED)
             return HelloResult(HelloOutcome.BAD_REPLY)
+        except Exception as exc:
+            # A bug, or input no check foresaw: it ends this exchange, never the sweep.
+            logger.warning("seekchat: exchange with %s failed, dropped: %r", addr, exc)
+            logger.debug("seekchat: exchange with %s failed", addr, exc_info=exc)
+            return HelloResult(HelloOutcome.BAD_REPLY)
     finally:
         with (
             trio.CancelScope(shield=True),

@@ -6,6 +6,7 @@ real sockets on 127.0.0.x (a free port), so the read deadlines are real deadline
 
 from __future__ import annotations
 
+import logging
 import random
 import struct
 from collections.abc import AsyncIterator
@@ -29,7 +30,14 @@ from beethoven.transport.base import Transport
 from beethoven.transport.memory import MemoryNetwork
 from beethoven.transport.udp_tcp import UdpTcpTransport, open_udp_tcp_transport
 from beethoven.wire.framing import FrameChannel
-from beethoven.wire.messages import BeaconHello, BeaconMember, BeaconReply, ErrorReply, Ping
+from beethoven.wire.messages import (
+    BeaconHello,
+    BeaconMember,
+    BeaconReply,
+    ErrorReply,
+    Message,
+    Ping,
+)
 from beethoven.wire.security import Keyring, generate_key
 
 KEY = generate_key()
@@ -427,3 +435,35 @@ async def test_unreachable_is_no_answer(autojump_clock: trio.testing.MockClock) 
         reply_timeout=0.5,
     )
     assert result.outcome == HelloOutcome.NO_ANSWER
+
+
+async def test_unexpected_error_in_an_outgoing_hello_ends_that_exchange_only(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug-class exception while reading a beacon's reply never escapes `exchange`.
+
+    Before the fix it escaped, ended the Locator's sweep worker and so the node.
+    """
+
+    class Buggy(FrameChannel):
+        async def receive(self) -> Message:
+            raise RuntimeError("bug in reply handling")
+
+    def factory(
+        stream: trio.abc.Stream, keyring: Keyring | None, max_frame: int, read_timeout: float
+    ) -> Buggy:
+        return Buggy(stream, keyring, max_frame=max_frame, read_timeout=read_timeout)
+
+    with trio.fail_after(10), caplog.at_level(logging.WARNING):
+        async with memory_pair(make_beacon(None)) as client:
+            result = await exchange(
+                client, BEACON, cluster="c1", sender="client", keyring=None,
+                connect_timeout=0.25, reply_timeout=1.0, channel_factory=factory,
+            )  # fmt: skip
+            assert result.outcome == HelloOutcome.BAD_REPLY
+            # The next, ordinary hello works.
+            assert await say_hello(client, None) == HelloOutcome.BEACON
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                  and "seekchat" in r.getMessage()]  # fmt: skip
+    assert str(BEACON) in warning
+    assert "bug in reply handling" in warning
